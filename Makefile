@@ -12,7 +12,7 @@ ARGS ?=
 
 env: $(STAMP)
 
-$(STAMP): requirements.lock tools/find_python.sh
+$(STAMP): requirements.lock pyproject.toml tools/find_python.sh
 	@set -e; \
 	if [ ! -x $(PY) ]; then \
 	  interpreter=$$(PYTHON="$(PYTHON)" tools/find_python.sh); \
@@ -22,6 +22,7 @@ $(STAMP): requirements.lock tools/find_python.sh
 	$(PY) -m pip install --quiet --upgrade pip; \
 	echo "Installing pinned dependencies from requirements.lock"; \
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock; \
+	$(PY) -c 'import os, site; open(os.path.join(site.getsitepackages()[0], "workspace.pth"), "w").write(os.getcwd())'; \
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -1,0 +1,100 @@
+"""The one entry point: flags, logging, seeding, workdir, then a line's run.
+
+    python -m common.app --config=experiments/cfm/configs/gaussians_to_moons.py \
+        --workdir=runs/otcfm --config.method=otcfm
+
+The config names its line (`config.line`); the app imports that line's
+`experiment` module, which provides
+
+    validate(config) -> None              # raises ConfigError before any work
+    train_and_evaluate(config, workdir) -> dict   # JSON-ready results
+
+Launchers in `experiments/` call `run()` and add nothing else.
+"""
+
+import importlib
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from common import config as config_lib
+from common import loop
+
+LINES = ('cfm', 'papa', 'pda', 'geometry')
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file with get_config(); override keys '
+    'with --config.key=value.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Folder for logs, checkpoints and results; a run '
+    'started again on the same folder resumes.')
+
+# Exit status of a run stopped by SIGTERM / SIGUSR1 after saving: "try again"
+# (EX_TEMPFAIL), so schedulers and scripts can tell it from success.
+EXIT_PREEMPTED = 75
+
+
+def line_module(line: str):
+  """The `experiment` module of a research line, by name."""
+  if line not in LINES:
+    raise config_lib.ConfigError(
+        f'config.line={line!r} is not one of {list(LINES)}.')
+  return importlib.import_module(f'{line}.experiment')
+
+
+def prepare(config, workdir: str):
+  """Validates the config, creates the workdir and records the config."""
+  line = config_lib.require_choice(config, 'line', LINES)
+  module = line_module(line)
+  module.validate(config)
+
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  return module
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('Pass --config=path/to/config.py.')
+  workdir = _WORKDIR.value or os.path.join('runs', config.get('name', 'run'))
+
+  try:
+    module = prepare(config, workdir)
+  except config_lib.ConfigError as error:
+    sys.exit(f'Bad config: {error}')
+  logging.get_absl_handler().use_absl_log_file('log', workdir)
+  print(f'{config.line}: workdir {workdir}; devices {jax.devices()}',
+        flush=True)
+
+  try:
+    results = module.train_and_evaluate(config, workdir)
+  except loop.Preempted as stop:
+    print(stop, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  except loop.NonFiniteError as error:
+    sys.exit(f'Stopped: {error}')
+
+  path = os.path.join(workdir, 'results.json')
+  with open(path, 'w') as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+  print(f'results written to {path}', flush=True)
+
+
+def run():
+  """Parses flags and runs `main`; the body of every launcher."""
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

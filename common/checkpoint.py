@@ -1,0 +1,61 @@
+"""Orbax checkpoints that survive a kill at any instant.
+
+Orbax writes each checkpoint into a temporary folder and renames it when
+complete, so a kill mid-write leaves the previous checkpoint intact. A
+checkpoint folder that still fails to load (a disk error, a copy cut short)
+is skipped with a warning in favour of the newest one before it.
+"""
+
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores one pytree (a train state) under `directory`."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             create=True))
+
+  def save(self, step: int, tree: Any, *, wait: bool = False) -> None:
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    if wait:
+      self._manager.wait_until_finished()
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def restore_latest(self, like: Any) -> tuple[int, Any] | None:
+    """Newest loadable checkpoint as (step, tree), or None if there is none.
+
+    Args:
+      like: a pytree with the structure, shapes, dtypes and shardings to
+        restore into (the freshly initialised state).
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    for step in reversed(self.steps()):
+      try:
+        tree = self._manager.restore(
+            step, args=ocp.args.StandardRestore(abstract))
+        return step, tree
+      except Exception as error:  # Any failure means: try the one before.
+        logging.warning('Checkpoint at step %d in %s could not be loaded '
+                        '(%s); falling back to the previous one.', step,
+                        self.directory, error)
+        print(f'warning: skipping unreadable checkpoint {step} in '
+              f'{self.directory}: {type(error).__name__}', flush=True)
+    return None
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,440 @@
+"""The training loop every line shares.
+
+A line supplies a step function `step_fn(state, batch, key) -> (state,
+metrics)` (usually built by `gradient_step`) and a way to get the batch of a
+step. The loop then
+
+* fuses `log_every` steps into one jitted `lax.scan`, so the host only wakes
+  up at log boundaries (on CPU the cost of a small model is dispatch);
+* derives every step's randomness from (seed, step) with `fold_in`, so a run
+  resumed from a checkpoint repeats the uninterrupted run exactly;
+* writes a JSON line per logged step (loss, gradient / parameter / update
+  norms, learning rate, steps/s) and a console line with progress and ETA;
+* stops with a message naming the step when the loss turns NaN or inf;
+* runs eval hooks, saves orbax checkpoints, resumes from the newest one, and
+  on SIGTERM / SIGUSR1 saves and stops cleanly (`Preempted`).
+
+Batches come either from `batch_fn(step)`, traced inside the jitted chunk
+(data that lives on the device), or from `host_batch_fn(step)`, run on the
+host in a background thread ahead of the step that uses it (for work that is
+not JAX, such as an exact assignment solver). Either must depend on the step
+only.
+"""
+
+import dataclasses
+import json
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from common import checkpoint as checkpoint_lib
+
+Batch = Any
+Metrics = dict[str, jax.Array]
+StepFn = Callable[[Any, Batch, jax.Array], tuple[Any, Metrics]]
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradient turned NaN or inf."""
+
+
+class Preempted(RuntimeError):
+  """The run received SIGTERM or SIGUSR1, saved a checkpoint and stopped."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """What a checkpoint holds: the step, parameters and optimizer state.
+
+  `model_state` holds non-trained collections such as BatchNorm statistics.
+  Every leaf may carry a leading population axis; `step` stays a scalar.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any = flax.struct.field(default_factory=dict)
+
+  @classmethod
+  def create(cls, params, optimizer: optax.GradientTransformation,
+             model_state=None) -> 'TrainState':
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               opt_state=optimizer.init(params),
+               model_state={} if model_state is None else model_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepView:
+  """What a probe sees of one gradient step, inside the jitted step.
+
+  Attributes:
+    step: index of the step (before the update).
+    params: parameters before the update.
+    new_params: parameters after the update.
+    grads: the minibatch gradient the update used.
+    updates: the optimizer's displacement, new_params - params.
+    loss: the minibatch loss.
+    batch: the minibatch.
+    key: the step's random key.
+    loss_fn: the line's loss, to evaluate gradients on other batches.
+    model_state: non-trained collections before the update.
+  """
+  step: jax.Array
+  params: Any
+  new_params: Any
+  grads: Any
+  updates: Any
+  loss: jax.Array
+  batch: Any
+  key: jax.Array
+  loss_fn: Callable
+  model_state: Any
+
+
+Probe = Callable[[StepView], Mapping[str, jax.Array]]
+
+
+def gradient_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                  *, learning_rate_fn: Callable | None = None,
+                  probes: Sequence[Probe] = ()) -> StepFn:
+  """The standard step: one gradient update of `loss_fn`.
+
+  Args:
+    loss_fn: `(params, model_state, batch, key) -> (loss, (model_state,
+      metrics))`, where metrics is a dict of scalars to log.
+    optimizer: the optax transformation.
+    learning_rate_fn: the schedule, logged as `learning_rate` when given.
+    probes: functions of a `StepView` returning scalars to record at every
+      step (geometry measurements, for example); they observe only.
+
+  Returns:
+    `step_fn(state, batch, key) -> (state, metrics)`, traceable and
+    vmappable over a population axis.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step_fn(state: TrainState, batch, key):
+    (loss, (model_state, aux)), grads = grad_fn(
+        state.params, state.model_state, batch, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params),
+                   update_norm=optax.global_norm(updates))
+    if learning_rate_fn is not None:
+      metrics['learning_rate'] = learning_rate_fn(state.step)
+
+    view = StepView(step=state.step, params=state.params, new_params=params,
+                    grads=grads, updates=updates, loss=loss, batch=batch,
+                    key=key, loss_fn=loss_fn, model_state=state.model_state)
+    for probe in probes:
+      metrics.update(probe(view))
+
+    new_state = state.replace(step=state.step + 1, params=params,
+                              opt_state=opt_state, model_state=model_state)
+    return new_state, metrics
+
+  return step_fn
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """The final state and what was logged, one dict per logged step."""
+  state: Any
+  history: list[dict]
+  steps_per_second: float
+  resumed_from: int | None = None
+
+  def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one logged metric."""
+    rows = [row for row in self.history if key in row]
+    return (np.asarray([row['step'] for row in rows]),
+            np.asarray([row[key] for row in rows]))
+
+
+class _PreemptionFlag:
+  """Turns SIGTERM / SIGUSR1 into a flag the loop checks between chunks."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+  def __init__(self):
+    self.raised: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.raised = signum
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+class _HostPrefetcher:
+  """Computes host batches for upcoming steps in a background thread."""
+
+  def __init__(self, host_batch_fn, start: int, stop: int, depth: int):
+    self._queue = queue.Queue(maxsize=depth)
+    self._stopped = threading.Event()
+    self._thread = threading.Thread(
+        target=self._run, args=(host_batch_fn, start, stop), daemon=True)
+    self._thread.start()
+
+  def _run(self, host_batch_fn, start, stop):
+    for step in range(start, stop):
+      try:
+        item = host_batch_fn(step)
+      except Exception as error:  # Re-raised in the training thread.
+        item = error
+      while not self._stopped.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if self._stopped.is_set() or isinstance(item, Exception):
+        return
+
+  def take(self, count: int):
+    """The next `count` batches stacked along a new leading axis."""
+    items = []
+    for _ in range(count):
+      item = self._queue.get()
+      if isinstance(item, Exception):
+        raise item
+      items.append(item)
+    return jax.tree.map(lambda *xs: np.stack(xs), *items)
+
+  def close(self):
+    self._stopped.set()
+
+
+def _to_json(value):
+  value = np.asarray(value)
+  if value.ndim == 0:
+    return value.item()
+  return value.tolist()
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def _truncate_jsonl(path: str, last_step: int) -> None:
+  """Drops lines logged after `last_step`: a resumed run logs them again."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    kept = [line for line in f
+            if line.strip() and json.loads(line).get('step', 0) <= last_step]
+  with open(path, 'w') as f:
+    f.writelines(kept)
+
+
+def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
+          workdir: str | None, batch_fn: Callable | None = None,
+          host_batch_fn: Callable | None = None, log_every: int = 100,
+          checkpoint_every: int = 0,
+          eval_fn: Callable[[Any, int], Mapping] | None = None,
+          eval_every: int = 0, keep_step_metrics: Iterable[str] = (),
+          name: str = 'train', quiet: bool = False) -> TrainResult:
+  """Runs `step_fn` from `state` up to `num_steps`, resuming if possible.
+
+  Args:
+    state: the initial train state (a pytree with a scalar `step` field).
+    step_fn: `(state, batch, key) -> (state, metrics)`.
+    num_steps: total number of steps of the run.
+    seed: root of all randomness: step s uses fold_in(PRNGKey(seed), s).
+    workdir: where metrics.jsonl and checkpoints/ go; None keeps nothing.
+    batch_fn: `step -> batch`, traced inside the jitted chunk.
+    host_batch_fn: `step -> batch` of numpy arrays, run on the host ahead of
+      time. Exactly one of batch_fn and host_batch_fn is given.
+    log_every: steps fused per jitted call and between log lines.
+    checkpoint_every: save every this many steps (a multiple of log_every);
+      0 saves only at the end.
+    eval_fn: `(state, step) -> dict` of scalars, run every `eval_every` steps
+      (at log boundaries) and at the end.
+    eval_every: see eval_fn; 0 runs it only at the end.
+    keep_step_metrics: metric names to keep for every step, not only at log
+      steps; written to steps.jsonl (the geometry probes use this).
+    name: label of the console lines.
+    quiet: no console lines.
+
+  Returns:
+    A `TrainResult`.
+  """
+  if (batch_fn is None) == (host_batch_fn is None):
+    raise ValueError('Give exactly one of batch_fn and host_batch_fn.')
+  if num_steps < 1 or log_every < 1:
+    raise ValueError(f'num_steps={num_steps} and log_every={log_every} must '
+                     'be >= 1.')
+  if checkpoint_every and checkpoint_every % log_every:
+    raise ValueError(f'checkpoint_every={checkpoint_every} must be a '
+                     f'multiple of log_every={log_every}.')
+  keep_step_metrics = tuple(keep_step_metrics)
+  root_key = jax.random.PRNGKey(seed)
+
+  # Resume from the newest loadable checkpoint of this workdir.
+  checkpointer = None
+  resumed_from = None
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, 'checkpoints'))
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+      resumed_from, state = restored
+      if not quiet:
+        print(f'[{name}] resuming from the checkpoint at step '
+              f'{resumed_from}', flush=True)
+  start = int(state.step)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl') if workdir else None
+  steps_path = os.path.join(workdir, 'steps.jsonl') if workdir else None
+  for path in (metrics_path, steps_path):
+    if path:
+      _truncate_jsonl(path, start)
+
+  # One jitted chunk of steps; its length is static, so at most two compile.
+  def one_step(state, host_batch):
+    step = state.step
+    key = jax.random.fold_in(root_key, step)
+    batch = batch_fn(step) if batch_fn is not None else host_batch
+    return step_fn(state, batch, key)
+
+  chunks = {}
+
+  def chunk_fn(length):
+    if length not in chunks:
+      chunks[length] = jax.jit(
+          lambda s, hb: jax.lax.scan(one_step, s, hb,
+                                     length=length if hb is None else None),
+          donate_argnums=0)
+    return chunks[length]
+
+  prefetcher = None
+  if host_batch_fn is not None:
+    prefetcher = _HostPrefetcher(host_batch_fn, start, num_steps,
+                                 depth=2 * log_every)
+
+  history: list[dict] = []
+  metrics_file = open(metrics_path, 'a') if metrics_path else None
+  steps_file = (open(steps_path, 'a')
+                if steps_path and keep_step_metrics else None)
+  measured_steps, measured_seconds = 0, 0.0
+  step = start
+  try:
+    with _PreemptionFlag() as preemption:
+      while step < num_steps:
+        length = min(log_every, num_steps - step)
+        host_batches = prefetcher.take(length) if prefetcher else None
+        first_call = length not in chunks
+
+        tick = time.perf_counter()
+        state, metrics = chunk_fn(length)(state, host_batches)
+        metrics = jax.device_get(metrics)
+        seconds = time.perf_counter() - tick
+        if not first_call:
+          measured_steps += length
+          measured_seconds += seconds
+
+        _check_finite(metrics, step, name)
+        step += length
+        row = _summarize(metrics, step, length / seconds)
+        if eval_fn is not None and (
+            step == num_steps or (eval_every and step % eval_every == 0)):
+          row.update({f'eval/{k}': _to_json(v)
+                      for k, v in eval_fn(state, step).items()})
+        history.append(row)
+        if metrics_file:
+          metrics_file.write(json.dumps(row) + '\n')
+          metrics_file.flush()
+        if steps_file:
+          _write_step_metrics(steps_file, metrics, keep_step_metrics,
+                              step - length)
+        if not quiet:
+          _print_progress(name, row, step, num_steps, measured_steps,
+                          measured_seconds)
+
+        at_checkpoint = checkpoint_every and step % checkpoint_every == 0
+        if checkpointer and (at_checkpoint or step == num_steps or
+                             preemption.raised):
+          checkpointer.save(step, state, wait=bool(preemption.raised))
+        if preemption.raised and step < num_steps:
+          raise Preempted(
+              f'[{name}] received signal {preemption.raised} at step {step}; '
+              f'checkpoint saved in {workdir}. Run the same command again '
+              'to resume.')
+  finally:
+    if prefetcher:
+      prefetcher.close()
+    if checkpointer:
+      checkpointer.close()
+    for f in (metrics_file, steps_file):
+      if f:
+        f.close()
+
+  rate = (measured_steps / measured_seconds if measured_seconds else
+          (history[-1]['steps_per_s'] if history else float('nan')))
+  return TrainResult(state=state, history=history, steps_per_second=rate,
+                     resumed_from=resumed_from)
+
+
+def _check_finite(metrics: Metrics, first_step: int, name: str) -> None:
+  for key in ('loss', 'grad_norm'):
+    if key not in metrics:
+      continue
+    values = np.asarray(metrics[key]).reshape(len(metrics[key]), -1)
+    bad = ~np.all(np.isfinite(values), axis=1)
+    if bad.any():
+      at = first_step + int(np.argmax(bad))
+      raise NonFiniteError(
+          f'[{name}] {key} became {values[np.argmax(bad)].tolist()} at step '
+          f'{at}. Lower the learning rate, check the data for NaN, or '
+          'resume from the last checkpoint with a fix.')
+
+
+def _summarize(metrics: Metrics, step: int, steps_per_s: float) -> dict:
+  """One log row: loss averaged over the chunk, the rest at its last step."""
+  row = {'step': step, 'steps_per_s': steps_per_s}
+  for key, values in metrics.items():
+    values = np.asarray(values)
+    row[key] = _to_json(values.mean(axis=0) if key == 'loss' else values[-1])
+  return row
+
+
+def _write_step_metrics(f, metrics: Metrics, keys: Sequence[str],
+                        first_step: int) -> None:
+  length = len(next(iter(metrics.values())))
+  for i in range(length):
+    row = {'step': first_step + i}
+    row.update({k: _to_json(metrics[k][i]) for k in keys if k in metrics})
+    f.write(json.dumps(row) + '\n')
+
+
+def _print_progress(name, row, step, num_steps, measured_steps,
+                    measured_seconds):
+  rate = (measured_steps / measured_seconds if measured_seconds
+          else row['steps_per_s'])
+  eta = (num_steps - step) / rate if rate > 0 else float('nan')
+  loss = np.mean(row['loss']) if 'loss' in row else float('nan')
+  evals = ' '.join(f'{k}={np.mean(v):.4g}' for k, v in row.items()
+                   if k.startswith('eval/'))
+  print(f'[{name}] step {step}/{num_steps} ({100 * step / num_steps:3.0f}%) '
+        f'loss {loss:.4g} | {rate:,.0f} steps/s | ETA '
+        f'{_format_duration(eta)} {evals}'.rstrip(), flush=True)
