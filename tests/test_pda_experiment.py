@@ -1,0 +1,46 @@
+"""PDA line end to end: config checks and the tiny main section."""
+
+import pytest
+
+from common import config as config_lib
+from experiments.pda.configs import grid as grid_config
+from experiments.pda.configs import single as single_config
+from pda import experiment
+from pda import selection
+
+
+def test_validate_names_bad_keys():
+  config = grid_config.get_config('tiny')
+  config.methods = 'pada,nope'
+  with pytest.raises(config_lib.ConfigError, match='methods'):
+    experiment.validate(config)
+  config = single_config.get_config('tiny')
+  config.hp = '{"epsilon": 0.5}'
+  with pytest.raises(config_lib.ConfigError, match='lacks'):
+    experiment.validate(config)
+  config = grid_config.get_config('tiny')
+  config.train.num_steps = 25
+  with pytest.raises(config_lib.ConfigError, match='log_every'):
+    experiment.validate(config)
+
+
+def test_single_run_tiny(tmp_path):
+  config = single_config.get_config('tiny')
+  config.methods = 'pada'
+  config.hp = '{"lambda": 1.0}'
+  experiment.validate(config)
+  out = experiment.train_and_evaluate(config, str(tmp_path))
+  assert set(out['checkpoint_scores']) == set(selection.SELECTIONS)
+  assert len(out['checkpoint_scores']['oracle']) == 2
+
+
+@pytest.mark.slow
+def test_main_section_tiny(tmp_path):
+  section = experiment.main_section(str(tmp_path), tiny=True)
+  results = section.results['results']
+  assert set(results) == {'source_only', 'pada', 'safn', 'ba3us', 'ar',
+                          'jumbot', 'mpot'}
+  for by_selection in results.values():
+    assert set(by_selection) == set(selection.SELECTIONS)
+    assert all(0.0 <= v <= 1.0 for v in by_selection.values())
+  assert (tmp_path / 'table.csv').exists() and 'oracle' in section.markdown
