@@ -148,11 +148,17 @@ def gradient_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
 
 @dataclasses.dataclass
 class TrainResult:
-  """The final state and what was logged, one dict per logged step."""
+  """The final state and what was logged, one dict per logged step.
+
+  `step_metrics` holds the `keep_step_metrics` of every step this call ran:
+  name -> array (steps, ...), with 'step' the index of each row.
+  """
   state: Any
   history: list[dict]
   steps_per_second: float
   resumed_from: int | None = None
+  step_metrics: dict[str, np.ndarray] = dataclasses.field(
+      default_factory=dict)
 
   def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of one logged metric."""
@@ -272,7 +278,8 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
       (at log boundaries) and at the end.
     eval_every: see eval_fn; 0 runs it only at the end.
     keep_step_metrics: metric names to keep for every step, not only at log
-      steps; written to steps.jsonl (the geometry probes use this).
+      steps; written to steps.jsonl and returned in
+      `TrainResult.step_metrics` (the geometry probes use this).
     name: label of the console lines.
     quiet: no console lines.
 
@@ -336,6 +343,7 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
   metrics_file = open(metrics_path, 'a') if metrics_path else None
   steps_file = (open(steps_path, 'a')
                 if steps_path and keep_step_metrics else None)
+  kept = {k: [] for k in ('step', *keep_step_metrics)}
   measured_steps, measured_seconds = 0, 0.0
   step = start
   try:
@@ -367,6 +375,11 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
         if steps_file:
           _write_step_metrics(steps_file, metrics, keep_step_metrics,
                               step - length)
+        if keep_step_metrics:
+          kept['step'].append(np.arange(step - length, step))
+          for k in keep_step_metrics:
+            if k in metrics:
+              kept[k].append(np.asarray(metrics[k]))
         if not quiet:
           _print_progress(name, row, step, num_steps, measured_steps,
                           measured_seconds)
@@ -391,8 +404,9 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
 
   rate = (measured_steps / measured_seconds if measured_seconds else
           (history[-1]['steps_per_s'] if history else float('nan')))
+  step_metrics = {k: np.concatenate(v) for k, v in kept.items() if v}
   return TrainResult(state=state, history=history, steps_per_second=rate,
-                     resumed_from=resumed_from)
+                     resumed_from=resumed_from, step_metrics=step_metrics)
 
 
 def _check_finite(metrics: Metrics, first_step: int, name: str) -> None:
