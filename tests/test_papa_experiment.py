@@ -1,0 +1,58 @@
+"""PAPA experiment wiring: config checks and the tiny end-to-end run."""
+
+import json
+import os
+
+import pytest
+
+from common import app
+from common import config as config_lib
+from experiments.papa.configs import cifar10
+from experiments.papa.configs import digits
+from experiments.papa.configs import mnist1d
+from papa import experiment
+
+
+@pytest.mark.parametrize('module', [mnist1d, digits, cifar10])
+def test_configs_validate(module):
+  experiment.validate(module.get_config())
+  experiment.validate(module.get_config('tiny'))
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('papa.a', 1.0, 'papa.a'),
+    ('papa.every', 0, 'papa.every'),
+    ('papa.every_epochs', 0.0, 'papa.every_epochs'),
+    ('population.size', 1, 'population.size'),
+    ('methods', 'papa,papa3', 'methods'),
+    ('model.name', 'vgg', 'model.name'),
+])
+def test_bad_settings_name_their_key(key, value, match):
+  config = mnist1d.get_config('tiny')
+  config.papa.auto = False
+  section, _, leaf = key.rpartition('.')
+  (config[section] if section else config)[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    experiment.validate(config)
+
+
+def test_independent_alone_allows_one_member():
+  config = mnist1d.get_config('tiny')
+  config.methods = 'independent'
+  config.population.size = 1
+  experiment.validate(config)
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end(tmp_path):
+  config = mnist1d.get_config('tiny')
+  config.methods = 'independent,papa_2'
+  config.population.seeds = 1
+  config.train.num_steps = 20
+  app.prepare(config, str(tmp_path))
+  out = experiment.train_and_evaluate(config, str(tmp_path), quiet=True)
+  json.dumps(out)
+  for name in ('independent', 'papa_2'):
+    for key in experiment.SCORES:
+      assert 0.0 <= out['results'][name][key] <= 1.0
+  assert os.path.exists(tmp_path / 'accuracy_vs_step.png')
