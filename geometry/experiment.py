@@ -216,19 +216,20 @@ def main_section(workdir: str, tiny: bool) -> report.Section:
   from geometry import summary as summary_lib  # pylint: disable=g-import-not-at-top
 
   os.makedirs(workdir, exist_ok=True)
-  batch_sizes = (8, 32) if tiny else (16, 64, 256)
+  batch_sizes = (16,) if tiny else (16, 64, 256)
   seeds = (0, 1) if tiny else (0, 1, 2)
   records, figures = [], []
   for name in DATASETS:
     dataset = data_lib.load(name, seed=0)
-    num_steps = 40 if tiny else MAIN[name]['num_steps']
+    num_steps = 30 if tiny else MAIN[name]['num_steps']
     series, controls_series = {}, {}
     for batch_size in batch_sizes:
       cell = Cell(name, batch_size, 'sgd', 'constant', 64, 2,
                   MAIN[name]['learning_rate'], num_steps, seeds)
       cell_records, trajectory = run_cell(
           cell, dataset, probe_every=max(1, num_steps // 25),
-          num_probe_batches=4, probe_batch_size=256, full_batch=True,
+          num_probe_batches=1 if tiny else 4, probe_batch_size=256,
+          full_batch=True,
           controls=protocol.CONTROLS)
       records += cell_records
       steps = trajectory.step_metrics['step']

@@ -108,9 +108,9 @@ def population_step(loss_fn, optimizer, *, learning_rate_fn=None,
 def init_state(setup: Setup) -> loop.TrainState:
   """A fresh population state (a copy: the loop donates its input)."""
   params = jax.tree.map(jnp.copy, setup.params)
+  opt_state = jax.jit(jax.vmap(setup.optimizer.init))(params)
   return loop.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                         opt_state=jax.vmap(setup.optimizer.init)(params),
-                         model_state={})
+                         opt_state=opt_state, model_state={})
 
 
 def chunk_length(num_steps: int, most: int = 1000) -> int:
@@ -273,15 +273,21 @@ def make_probes(setup: Setup, references: dict) -> list:
 
 
 def _random_directions(w0, w_star, seed: int):
-  """Per member, a Gaussian direction of norm ||w_0 - w*||."""
-  num = jax.tree.leaves(w0)[0].shape[0]
-  keys = jax.random.split(jax.random.PRNGKey(seed + 7919), num)
+  """Per member, a Gaussian direction of norm ||w_0 - w*||.
 
-  def one(key, a, b):
-    norm = quantities.tree_norm(quantities.tree_sub(a, b))
-    return quantities.random_direction(key, a, norm)
-
-  return jax.vmap(one)(keys, w0, w_star)
+  Drawn with numpy: jax's generator would compile one program per leaf
+  shape, which costs more than the whole measuring pass of a small model.
+  """
+  rng = np.random.default_rng([seed, 7919])
+  draws = jax.tree.map(
+      lambda a: rng.standard_normal(a.shape).astype(a.dtype), w0)
+  flat = lambda t: np.concatenate(
+      [np.asarray(x).reshape(x.shape[0], -1) for x in jax.tree.leaves(t)], 1)
+  scale = (np.linalg.norm(flat(w0) - flat(w_star), axis=1) /
+           np.linalg.norm(flat(draws), axis=1))
+  return jax.tree.map(
+      lambda x: jnp.asarray(x * scale.reshape((-1,) + (1,) * (x.ndim - 1))),
+      draws)
 
 
 def read_steps(path: str, keys: Sequence[str]) -> dict:

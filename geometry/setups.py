@@ -7,6 +7,7 @@ jitted program, each with its own initial weights and batch order.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from common import data as data_lib
@@ -91,8 +92,10 @@ def classifier_setup(dataset: data_lib.ArrayDataset, *, seeds, widths,
                      f'examples of {dataset.name}.')
   model = models.MLP(dataset.num_classes, tuple(widths))
   seeds = jnp.asarray(seeds)
-  params = jax.vmap(lambda s: model.init(jax.random.PRNGKey(s), x[:1]))(seeds)
-  order_keys = jax.vmap(lambda s: jax.random.PRNGKey(s + 1))(seeds)
+  # Jitted: eager initialisation dispatches (and compiles) op by op.
+  params = jax.jit(jax.vmap(
+      lambda s: model.init(jax.random.PRNGKey(s), x[:1])))(seeds)
+  order_keys = jax.jit(jax.vmap(lambda s: jax.random.PRNGKey(s + 1)))(seeds)
 
   def batch_fn(step):
     indices = jax.vmap(
@@ -103,7 +106,7 @@ def classifier_setup(dataset: data_lib.ArrayDataset, *, seeds, widths,
   probe_batches = None
   if num_probe_batches:
     size = min(probe_batch_size, n // num_probe_batches)
-    pick = jax.random.permutation(jax.random.PRNGKey(12345), n)
+    pick = np.random.default_rng(12345).permutation(n)
     pick = pick[:num_probe_batches * size].reshape(num_probe_batches, size)
     probe_batches = (x[pick], y[pick])
 
