@@ -62,9 +62,13 @@ def trajectory_figure(path: str, series: Mapping[str, tuple], *,
   """
   fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  typical = {key: [] for key, _, _ in PANELS}
   for i, (label, (steps, geometry)) in enumerate(series.items()):
     assert isinstance(geometry, quantities.Geometry), type(geometry)
     ratios = geometry.ratios()
+    for key in typical:
+      values = np.abs(np.asarray(ratios[key]))
+      typical[key].append(np.nanmedian(values[np.isfinite(values)]))
     color = colors[i % len(colors)]
     for ax, (key, _, _) in zip(axes, PANELS):
       x, q = binned_quantiles(steps, np.asarray(ratios[key]), num_bins)
@@ -74,11 +78,13 @@ def trajectory_figure(path: str, series: Mapping[str, tuple], *,
       ax.fill_between(x, q[1], q[3], color=color, alpha=0.3, linewidth=0)
       ax.plot(x, q[2], color=color, label=label, linewidth=1.4)
 
-  for ax, (_, name, scale) in zip(axes, PANELS):
+  for ax, (key, name, scale) in zip(axes, PANELS):
     ax.set_title(name)
     ax.set_xlabel('step')
     if scale == 'symlog':
-      ax.set_yscale('symlog', linthresh=1e-2)
+      # Linear within a tenth of the typical size: signs stay visible.
+      small = min(typical[key]) if typical[key] else 1.0
+      ax.set_yscale('symlog', linthresh=max(0.1 * small, 1e-8))
     else:
       ax.set_yscale(scale)
     ax.grid(alpha=0.3)
