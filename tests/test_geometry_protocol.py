@@ -37,6 +37,7 @@ def trajectory(setup):
   return protocol.run(setup, seed=0)
 
 
+@pytest.mark.slow
 def test_replay_is_bit_exact_and_ends_on_w_star(trajectory):
   assert trajectory.replay_exact
   # At the last recorded step, w_{T-1} is one step away from w* = w_T.
@@ -49,6 +50,7 @@ def test_replay_is_bit_exact_and_ends_on_w_star(trajectory):
       dist[-1], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_controls_are_recorded(trajectory):
   assert trajectory.references == ('final', 'doubled', 'other_seed',
                                    'random')
@@ -64,6 +66,7 @@ def test_controls_are_recorded(trajectory):
                                 np.arange(0, 30, 7))
 
 
+@pytest.mark.slow
 def test_replay_mismatch_is_detected(setup):
   setup = dataclasses.replace(setup, num_steps=8)
 
