@@ -116,7 +116,8 @@ def integrate_sde(drift: VectorField, x0: jax.Array, sigma: float,
   direction = 1.0 if t1 >= t0 else -1.0
   brownian = diffrax.VirtualBrownianTree(
       min(t0, t1), max(t0, t1), tol=abs(t1 - t0) / (4 * num_steps),
-      shape=(x0.shape, jax.ShapeDtypeStruct((x0.shape[0],), x0.dtype)),
+      shape=(jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+             jax.ShapeDtypeStruct((x0.shape[0],), x0.dtype)),
       key=key)
 
   def drift_with_energy(t, state, args):
