@@ -60,6 +60,9 @@ def train_and_evaluate(config, workdir: str | None, *, quiet: bool = False,
   result, model, data, matcher = training.train_flow(config, workdir,
                                                      quiet=quiet)
   key = jax.random.PRNGKey(config.seed + 1)
+  if not quiet:
+    print(f'[{config.method}] evaluating on {config.eval.num_samples} '
+          'held-out points (Dopri5 and Euler)', flush=True)
   kwargs = dict(num_samples=config.eval.num_samples, key=key,
                 rtol=config.eval.rtol, atol=config.eval.atol,
                 num_steps=config.eval.euler_steps,
@@ -114,7 +117,9 @@ def main_section(workdir: str, tiny: bool = False) -> report.Section:
                       f"NFE {numbers['nfe']}")
     results[method] = numbers
 
-  plots.plot_trajectories(panels, os.path.join(workdir, 'trajectories.png'))
+  targets = data_lib.distribution('moons')(jax.random.PRNGKey(7), 2000)
+  plots.plot_trajectories(panels, os.path.join(workdir, 'trajectories.png'),
+                          targets=targets)
   plots.plot_losses(curves, os.path.join(workdir, 'loss.png'))
   return _section(results, os.path.basename(workdir), tiny)
 

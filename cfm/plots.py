@@ -7,12 +7,14 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 
-def plot_trajectories(panels: dict, path: str, max_paths: int = 300) -> None:
+def plot_trajectories(panels: dict, path: str, targets=None,
+                      max_paths: int = 300) -> None:
   """One panel per method: source points, paths and generated points.
 
   Args:
     panels: method name -> (trajectory (num_saved, n, 2), title suffix).
     path: where the PNG goes.
+    targets: (m, 2) held-out target samples drawn underneath, or None.
     max_paths: paths drawn per panel (points are all drawn).
   """
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2),
@@ -20,6 +22,9 @@ def plot_trajectories(panels: dict, path: str, max_paths: int = 300) -> None:
   for ax, (name, (trajectory, subtitle)) in zip(axes[0], panels.items()):
     trajectory = np.asarray(trajectory)
     shown = trajectory[:, :max_paths]
+    if targets is not None:
+      ax.scatter(*np.asarray(targets).T, s=2, color='tab:orange', alpha=0.25,
+                 label='target (held out)')
     ax.plot(shown[..., 0], shown[..., 1], color='olive', alpha=0.15, lw=0.6)
     ax.scatter(*trajectory[0].T, s=2, color='black', alpha=0.6,
                label='source x0')

@@ -14,6 +14,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from common import report
 
@@ -33,6 +34,8 @@ ones, with the differences in protocol stated.
 
 def main(argv):
   del argv
+  # Library INFO lines (orbax reports every save) would drown the progress.
+  logging.set_verbosity(logging.WARNING)
   unknown = [line for line in _LINES.value if line not in LINES]
   if unknown:
     raise app.UsageError(f'--lines has unknown names {unknown}; choose from '
