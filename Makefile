@@ -34,7 +34,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
-bench: $(STAMP)
+# The PyTorch reference of benchmarks/cfm_bench.py lives in its own env.
+BENCH_VENV := .venv-bench
+
+$(BENCH_VENV)/.installed: benchmarks/setup_reference.sh
+	bash benchmarks/setup_reference.sh $(BENCH_VENV)
+
+bench: $(STAMP) $(BENCH_VENV)/.installed
 	$(PY) -m benchmarks.run_all
 
 clean-env:

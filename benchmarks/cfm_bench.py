@@ -324,8 +324,9 @@ def _parse(argv):
   return args
 
 
-def main(argv=None):
-  args = _parse(sys.argv[1:] if argv is None else argv)
+def main(argv=()):
+  """Runs the benchmark; `argv` holds command-line flags (none: defaults)."""
+  args = _parse(list(argv))
   if args.worker:
     print(json.dumps(ours(args)))
     return
@@ -357,4 +358,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv[1:])

@@ -4,11 +4,12 @@
 #
 #     bash benchmarks/setup_reference.sh [VENV_DIR]
 #
-# torch is pinned to the CPU wheel (2.13.0+cpu, found through pip's
-# find-links); an unpinned `torch` would pull a multi-GB CUDA build. Every
-# other package is installed with --no-deps at a pinned version, so that none
-# of them can drag in another torch (torchdyn alone asks for torchvision,
-# lightning and Jupyter, none of which the benchmark imports).
+# torch is pinned to the CPU wheel by its local label (2.13.0+cpu, a file
+# pip finds through its find-links on this machine): plain `torch` would pull
+# a multi-GB CUDA build, and where no +cpu wheel is on offer the pin fails at
+# once instead. The torch code torchcfm imports is installed with --no-deps,
+# so that nothing can drag in another torch (torchdyn alone asks for
+# torchvision, lightning and Jupyter).
 set -euo pipefail
 
 VENV="${1:-.venv-bench}"
@@ -23,7 +24,7 @@ rm -rf "$VENV"
 PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
 
 # The CPU build of torch with its own (small) dependencies.
-"${PIP[@]}" 'torch==2.13.0'
+"${PIP[@]}" 'torch==2.13.0+cpu'
 
 # The numerical stack, resolved by pip with its own dependencies: none of
 # these depends on torch.
@@ -50,3 +51,6 @@ from torchcfm.models.models import MLP  # noqa: F401
 print(f'reference env ready: torch {torch.__version__}, '
       f'pot {ot.__version__}')
 PY
+
+# Marks a complete install; `make bench` rebuilds the env when it is absent.
+touch "$VENV/.installed"
