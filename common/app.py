@@ -10,6 +10,12 @@ The config names its line (`config.line`); the app imports that line's
     train_and_evaluate(config, workdir) -> dict   # JSON-ready results
 
 Launchers in `experiments/` call `run()` and add nothing else.
+
+Several processes (hosts) run the same command with
+`--coordinator_address=host:port --num_processes=N --process_id=i`, or
+inside a Slurm step / multi-host TPU slice with no extra flags
+(`common.distributed`). A run stopped by SIGTERM / SIGUSR1 saves a
+checkpoint and exits with status 75; the same command resumes it.
 """
 
 import importlib
@@ -24,6 +30,7 @@ import jax
 from ml_collections import config_flags
 
 from common import config as config_lib
+from common import distributed
 from common import loop
 
 LINES = ('cfm', 'papa', 'pda', 'geometry')
@@ -34,6 +41,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Folder for logs, checkpoints and results; a run '
     'started again on the same folder resumes.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 of a multi-process '
+    'run (jax.distributed); unset: from Slurm / TPU, or one process.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Processes of a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Index of this process, 0 .. num_processes - 1.')
+_ALL_DEVICES = flags.DEFINE_bool(
+    'all_devices', False, 'Split each batch over all local devices (always '
+    'on with several processes).')
 
 # Exit status of a run stopped by SIGTERM / SIGUSR1 after saving: "try again"
 # (EX_TEMPFAIL), so schedulers and scripts can tell it from success.
@@ -55,9 +72,21 @@ def prepare(config, workdir: str):
   module.validate(config)
 
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  if distributed.is_main_process():
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   return module
+
+
+def write_results(results: dict, workdir: str) -> str | None:
+  """Writes results.json (process 0 only); it marks the run as finished."""
+  if not distributed.is_main_process():
+    return None
+  path = os.path.join(workdir, 'results.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+  return path
 
 
 def main(argv):
@@ -67,14 +96,19 @@ def main(argv):
   if config is None:
     raise app.UsageError('Pass --config=path/to/config.py.')
   workdir = _WORKDIR.value or os.path.join('runs', config.get('name', 'run'))
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
+  if _ALL_DEVICES.value:
+    distributed.use_all_devices()
 
   try:
     module = prepare(config, workdir)
   except config_lib.ConfigError as error:
     sys.exit(f'Bad config: {error}')
   logging.get_absl_handler().use_absl_log_file('log', workdir)
-  print(f'{config.line}: workdir {workdir}; devices {jax.devices()}',
-        flush=True)
+  if distributed.is_main_process():
+    print(f'{config.line}: workdir {workdir}; {jax.process_count()} '
+          f'process(es); devices {jax.devices()}', flush=True)
 
   try:
     results = module.train_and_evaluate(config, workdir)
@@ -84,10 +118,9 @@ def main(argv):
   except loop.NonFiniteError as error:
     sys.exit(f'Stopped: {error}')
 
-  path = os.path.join(workdir, 'results.json')
-  with open(path, 'w') as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  print(f'results written to {path}', flush=True)
+  path = write_results(results, workdir)
+  if path:
+    print(f'results written to {path}', flush=True)
 
 
 def run():

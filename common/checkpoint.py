@@ -3,14 +3,20 @@
 Orbax writes each checkpoint into a temporary folder and renames it when
 complete, so a kill mid-write leaves the previous checkpoint intact. A
 checkpoint folder that still fails to load (a disk error, a copy cut short)
-is skipped with a warning in favour of the newest one before it.
+is skipped with a warning in favour of the newest one before it, and renamed
+`<step>.unreadable` so that the resumed run can save that step again.
+
+With several processes every process calls every method (orbax coordinates
+the writes); process 0 renames, the others wait for it.
 """
 
 import os
+import time
 from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 
@@ -43,18 +49,37 @@ class Checkpointer:
         restore into (the freshly initialised state).
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    unreadable = []
+    found = None
     for step in reversed(self.steps()):
       try:
         tree = self._manager.restore(
             step, args=ocp.args.StandardRestore(abstract))
-        return step, tree
+        found = step, tree
+        break
       except Exception as error:  # Any failure means: try the one before.
         logging.warning('Checkpoint at step %d in %s could not be loaded '
                         '(%s); falling back to the previous one.', step,
                         self.directory, error)
         print(f'warning: skipping unreadable checkpoint {step} in '
               f'{self.directory}: {type(error).__name__}', flush=True)
-    return None
+        unreadable.append(step)
+    if unreadable:
+      self._set_aside(unreadable)
+    return found
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable step folders, kept for inspection, not loaded."""
+    if jax.process_index() == 0:
+      for step in steps:
+        source = os.path.join(self.directory, str(step))
+        target = f'{source}.unreadable'
+        if os.path.exists(target):
+          target = f'{target}-{time.time_ns()}'
+        os.rename(source, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('checkpoint_set_aside')
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

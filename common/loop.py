@@ -12,7 +12,15 @@ step. The loop then
   norms, learning rate, steps/s) and a console line with progress and ETA;
 * stops with a message naming the step when the loss turns NaN or inf;
 * runs eval hooks, saves orbax checkpoints, resumes from the newest one, and
-  on SIGTERM / SIGUSR1 saves and stops cleanly (`Preempted`).
+  on SIGTERM / SIGUSR1 / SIGUSR2 saves and stops cleanly (`Preempted`);
+* with several processes (`common.distributed`) or an explicit `mesh`, lays
+  the state and the batches over all devices of all processes, and only
+  process 0 writes logs.
+
+A signal is honoured at the end of the chunk under way (at most `log_every`
+steps, plus the host batches it waits for): the loop warns when one chunk
+takes longer than `SLOW_CHUNK_SECONDS`, since a scheduler kills a job some
+fixed time after its signal.
 
 Batches come either from `batch_fn(step)`, traced inside the jitted chunk
 (data that lives on the device), or from `host_batch_fn(step)`, run on the
@@ -37,10 +45,15 @@ import numpy as np
 import optax
 
 from common import checkpoint as checkpoint_lib
+from common import distributed
 
 Batch = Any
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[Any, Batch, jax.Array], tuple[Any, Metrics]]
+
+# Slurm kills a job a fixed time after its warning signal (KillWait, 30 s by
+# default; submitit signals 90 s ahead): chunks must end well within it.
+SLOW_CHUNK_SECONDS = 20.0
 
 
 class NonFiniteError(FloatingPointError):
@@ -168,9 +181,12 @@ class TrainResult:
 
 
 class _PreemptionFlag:
-  """Turns SIGTERM / SIGUSR1 into a flag the loop checks between chunks."""
+  """Turns SIGTERM / SIGUSR1 / SIGUSR2 into a flag checked between chunks.
 
-  SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+  SIGUSR2 is the warning submitit asks Slurm to send before a time limit.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
   def __init__(self):
     self.raised: int | None = None
@@ -259,7 +275,9 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
           checkpoint_every: int = 0,
           eval_fn: Callable[[Any, int], Mapping] | None = None,
           eval_every: int = 0, keep_step_metrics: Iterable[str] = (),
-          name: str = 'train', quiet: bool = False) -> TrainResult:
+          name: str = 'train', quiet: bool = False,
+          mesh: jax.sharding.Mesh | None = None,
+          shard_population: bool = False) -> TrainResult:
   """Runs `step_fn` from `state` up to `num_steps`, resuming if possible.
 
   Args:
@@ -282,6 +300,13 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
       `TrainResult.step_metrics` (the geometry probes use this).
     name: label of the console lines.
     quiet: no console lines.
+    mesh: lay the arrays over this 1-D mesh: state replicated (leaves the
+      line already sharded keep their sharding), batch leaves split along
+      their leading axis when it divides evenly. Defaults to
+      `distributed.loop_mesh(state)`: all devices of all processes when
+      there are several processes (or `distributed.use_all_devices()`),
+      no layout otherwise.
+    shard_population: also split the state's leading (population) axis.
 
   Returns:
     A `TrainResult`.
@@ -297,6 +322,15 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
   keep_step_metrics = tuple(keep_step_metrics)
   root_key = jax.random.PRNGKey(seed)
 
+  # Several processes: one layout over all their devices; process 0 logs.
+  if mesh is None:
+    mesh = distributed.loop_mesh(state)
+  layout = _Layout(mesh, state, shard_population) if mesh is not None else None
+  if layout:
+    state = layout.place_state(state)
+  writer = distributed.is_main_process()
+  quiet = quiet or not writer
+
   # Resume from the newest loadable checkpoint of this workdir.
   checkpointer = None
   resumed_from = None
@@ -310,11 +344,14 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
       if not quiet:
         print(f'[{name}] resuming from the checkpoint at step '
               f'{resumed_from}', flush=True)
+  # The chunks donate their input state; copying it once keeps the caller's
+  # arrays alive (a caller may train twice from the same initial state).
+  state = jax.tree.map(jnp.copy, state)
   start = int(state.step)
   metrics_path = os.path.join(workdir, 'metrics.jsonl') if workdir else None
   steps_path = os.path.join(workdir, 'steps.jsonl') if workdir else None
   for path in (metrics_path, steps_path):
-    if path:
+    if path and writer:
       _truncate_jsonl(path, start)
 
   # One jitted chunk of steps; its length is static, so at most two compile.
@@ -322,6 +359,8 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
     step = state.step
     key = jax.random.fold_in(root_key, step)
     batch = batch_fn(step) if batch_fn is not None else host_batch
+    if layout:
+      batch = layout.constrain(batch)
     return step_fn(state, batch, key)
 
   chunks = {}
@@ -331,7 +370,7 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
       chunks[length] = jax.jit(
           lambda s, hb: jax.lax.scan(one_step, s, hb,
                                      length=length if hb is None else None),
-          donate_argnums=0)
+          donate_argnums=0, **(layout.jit_kwargs() if layout else {}))
     return chunks[length]
 
   prefetcher = None
@@ -340,17 +379,20 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
                                  depth=2 * log_every)
 
   history: list[dict] = []
-  metrics_file = open(metrics_path, 'a') if metrics_path else None
+  metrics_file = open(metrics_path, 'a') if metrics_path and writer else None
   steps_file = (open(steps_path, 'a')
-                if steps_path and keep_step_metrics else None)
+                if steps_path and keep_step_metrics and writer else None)
   kept = {k: [] for k in ('step', *keep_step_metrics)}
   measured_steps, measured_seconds = 0, 0.0
+  warned_slow = False
   step = start
   try:
     with _PreemptionFlag() as preemption:
       while step < num_steps:
         length = min(log_every, num_steps - step)
         host_batches = prefetcher.take(length) if prefetcher else None
+        if layout and host_batches is not None:
+          host_batches = layout.place_host(host_batches)
         first_call = length not in chunks
 
         tick = time.perf_counter()
@@ -360,6 +402,11 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
         if not first_call:
           measured_steps += length
           measured_seconds += seconds
+          if seconds > SLOW_CHUNK_SECONDS and not quiet and not warned_slow:
+            warned_slow = True
+            print(f'[{name}] warning: {length} steps take {seconds:.0f} s; '
+                  'a SIGTERM is honoured only at the end of such a chunk. '
+                  'Lower train.log_every to stop sooner.', flush=True)
 
         _check_finite(metrics, step, name)
         step += length
@@ -384,13 +431,15 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
           _print_progress(name, row, step, num_steps, measured_steps,
                           measured_seconds)
 
+        # Every process stops at the same chunk, whichever got the signal.
+        stop = distributed.any_process(preemption.raised is not None)
         at_checkpoint = checkpoint_every and step % checkpoint_every == 0
-        if checkpointer and (at_checkpoint or step == num_steps or
-                             preemption.raised):
-          checkpointer.save(step, state, wait=bool(preemption.raised))
-        if preemption.raised and step < num_steps:
+        if checkpointer and (at_checkpoint or step == num_steps or stop):
+          checkpointer.save(step, state, wait=stop)
+        if stop and step < num_steps:
+          signum = preemption.raised or 'on another process'
           raise Preempted(
-              f'[{name}] received signal {preemption.raised} at step {step}; '
+              f'[{name}] received signal {signum} at step {step}; '
               f'checkpoint saved in {workdir}. Run the same command again '
               'to resume.')
   finally:
@@ -402,11 +451,54 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
       if f:
         f.close()
 
+  if layout:
+    state = distributed.to_local(state)
   rate = (measured_steps / measured_seconds if measured_seconds else
           (history[-1]['steps_per_s'] if history else float('nan')))
   step_metrics = {k: np.concatenate(v) for k, v in kept.items() if v}
   return TrainResult(state=state, history=history, steps_per_second=rate,
                      resumed_from=resumed_from, step_metrics=step_metrics)
+
+
+class _Layout:
+  """Where the loop's arrays live on a mesh: state, batches, metrics."""
+
+  def __init__(self, mesh: jax.sharding.Mesh, state: Any,
+               shard_population: bool):
+    self.mesh = mesh
+    self.replicated = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec())
+
+    def state_sharding(x):
+      kept = getattr(x, 'sharding', None)
+      if (isinstance(kept, jax.sharding.NamedSharding) and
+          kept.mesh.size == mesh.size and not kept.is_fully_replicated):
+        return kept  # The line laid this leaf out itself.
+      if shard_population and np.ndim(x) >= 1:
+        return distributed.leading_axis_sharding(mesh, np.shape(x))
+      return self.replicated
+
+    self.state_shardings = jax.tree.map(state_sharding, state)
+
+  def place_state(self, state):
+    return distributed.place(state, self.state_shardings)
+
+  def constrain(self, batch):
+    """Splits a traced batch's leading axis: each device draws its rows."""
+    return jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(
+            x, distributed.leading_axis_sharding(self.mesh, x.shape)), batch)
+
+  def place_host(self, batches):
+    """Host batches (steps, batch, ...): each process uploads its rows."""
+    shardings = jax.tree.map(
+        lambda x: distributed.leading_axis_sharding(self.mesh, np.shape(x),
+                                                    axis=1), batches)
+    return distributed.place(batches, shardings)
+
+  def jit_kwargs(self) -> dict:
+    # Metrics come back replicated, so every process can read them.
+    return {'out_shardings': (self.state_shardings, self.replicated)}
 
 
 def _check_finite(metrics: Metrics, first_step: int, name: str) -> None:
