@@ -29,10 +29,11 @@ not JAX, such as an exact assignment solver). Either must depend on the step
 only.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
-import queue
 import signal
 import threading
 import time
@@ -208,42 +209,43 @@ class _PreemptionFlag:
 
 
 class _HostPrefetcher:
-  """Computes host batches for upcoming steps in a background thread."""
+  """Computes host batches for upcoming steps on a small thread pool.
 
-  def __init__(self, host_batch_fn, start: int, stop: int, depth: int):
-    self._queue = queue.Queue(maxsize=depth)
-    self._stopped = threading.Event()
-    self._thread = threading.Thread(
-        target=self._run, args=(host_batch_fn, start, stop), daemon=True)
-    self._thread.start()
+  Up to `depth` steps ahead are in flight at once; results come back in step
+  order. Several workers help when the host work releases the GIL (scipy's
+  assignment solver does), so couplings for consecutive steps run in
+  parallel on a multi-core host while the device trains.
+  """
 
-  def _run(self, host_batch_fn, start, stop):
-    for step in range(start, stop):
-      try:
-        item = host_batch_fn(step)
-      except Exception as error:  # Re-raised in the training thread.
-        item = error
-      while not self._stopped.is_set():
-        try:
-          self._queue.put(item, timeout=0.1)
-          break
-        except queue.Full:
-          continue
-      if self._stopped.is_set() or isinstance(item, Exception):
-        return
+  def __init__(self, host_batch_fn, start: int, stop: int, depth: int,
+               workers: int):
+    self._fn = host_batch_fn
+    self._next, self._stop, self._depth = start, stop, depth
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix='host_batches')
+    self._pending = collections.deque()
+    self._fill()
+
+  def _fill(self):
+    while len(self._pending) < self._depth and self._next < self._stop:
+      self._pending.append(self._pool.submit(self._fn, self._next))
+      self._next += 1
 
   def take(self, count: int):
     """The next `count` batches stacked along a new leading axis."""
     items = []
     for _ in range(count):
-      item = self._queue.get()
-      if isinstance(item, Exception):
-        raise item
-      items.append(item)
+      items.append(self._pending.popleft().result())  # Re-raises errors.
+      self._fill()
     return jax.tree.map(lambda *xs: np.stack(xs), *items)
 
   def close(self):
-    self._stopped.set()
+    self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _host_workers() -> int:
+  """Workers for host batches: the cores, less one for the device's work."""
+  return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _to_json(value):
@@ -276,6 +278,7 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
           eval_fn: Callable[[Any, int], Mapping] | None = None,
           eval_every: int = 0, keep_step_metrics: Iterable[str] = (),
           name: str = 'train', quiet: bool = False,
+          compiler_options: Mapping[str, Any] | None = None,
           mesh: jax.sharding.Mesh | None = None,
           shard_population: bool = False) -> TrainResult:
   """Runs `step_fn` from `state` up to `num_steps`, resuming if possible.
@@ -300,6 +303,8 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
       `TrainResult.step_metrics` (the geometry probes use this).
     name: label of the console lines.
     quiet: no console lines.
+    compiler_options: XLA options of the jitted chunk, e.g.
+      {'xla_backend_optimization_level': 0} where compile time dominates.
     mesh: lay the arrays over this 1-D mesh: state replicated (leaves the
       line already sharded keep their sharding), batch leaves split along
       their leading axis when it divides evenly. Defaults to
@@ -370,13 +375,15 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
       chunks[length] = jax.jit(
           lambda s, hb: jax.lax.scan(one_step, s, hb,
                                      length=length if hb is None else None),
-          donate_argnums=0, **(layout.jit_kwargs() if layout else {}))
+          donate_argnums=0, compiler_options=compiler_options,
+          **(layout.jit_kwargs() if layout else {}))
     return chunks[length]
 
   prefetcher = None
   if host_batch_fn is not None:
+    # One chunk ahead is enough to overlap the host with the device.
     prefetcher = _HostPrefetcher(host_batch_fn, start, num_steps,
-                                 depth=2 * log_every)
+                                 depth=log_every, workers=_host_workers())
 
   history: list[dict] = []
   metrics_file = open(metrics_path, 'a') if metrics_path and writer else None
@@ -390,12 +397,14 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
     with _PreemptionFlag() as preemption:
       while step < num_steps:
         length = min(log_every, num_steps - step)
+        # The clock starts before waiting for host batches: a step is not
+        # done until its batch is, so steps/s counts the host's work too.
+        tick = time.perf_counter()
         host_batches = prefetcher.take(length) if prefetcher else None
         if layout and host_batches is not None:
           host_batches = layout.place_host(host_batches)
         first_call = length not in chunks
 
-        tick = time.perf_counter()
         state, metrics = chunk_fn(length)(state, host_batches)
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - tick
