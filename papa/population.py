@@ -45,13 +45,21 @@ class Method:
   Attributes:
     name: 'independent', 'papa' (pull every k steps), 'papa_all' (replace by
       the average) or 'papa_2' (average random pairs) every `every` steps.
+      PAPA-2 with an odd P pairs P - 1 members; the one left out (a
+      different, uniformly drawn member each time) stays as it is that
+      round, so over many rounds every member averages equally often.
     every: period in steps (k for PAPA; T epochs x steps per epoch for the
       others). Ignored by 'independent'.
+    first: the step count after which the first averaging happens, then
+      every `every` steps; 0 means `every`. The paper's PAPA-all and PAPA-2
+      average first at the end of epoch 1, so that members from different
+      initialisations meet before they settle into different basins.
     a: PAPA's coefficient on the member's own weights, in [0, 1).
     lr_scaled: scale PAPA's pull (1 - a) by lr_t / lr_0.
   """
   name: str = 'independent'
   every: int = 1
+  first: int = 0
   a: float = 0.99
   lr_scaled: bool = False
 
@@ -65,8 +73,17 @@ class Method:
       if not isinstance(self.every, (int, np.integer)):
         raise averaging.AveragingError(
             f'{label}={self.every!r} must be a whole number of steps.')
+      if (isinstance(self.first, bool) or
+          not isinstance(self.first, (int, np.integer)) or self.first < 0):
+        raise averaging.AveragingError(
+            f'first={self.first!r} (the step of the first averaging) must '
+            'be a whole number >= 0.')
     if self.name == 'papa':
       averaging.check_pull(self.a)
+
+  @property
+  def start(self) -> int:
+    return self.first or self.every
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
@@ -95,6 +112,9 @@ class Population:
     methods: the averaging schedule of each of the G = N / P groups, or one
       schedule for all of them.
     mesh: shard the population axis over this mesh; None for one device.
+    probes: `common.loop` probes run inside every member's gradient step
+      (they observe only; the averaging is outside what they see). Their
+      scalars come back per member, with the population axis.
   """
 
   def __init__(self, model: nn.Module, train: data_lib.Split,
@@ -102,8 +122,10 @@ class Population:
                group_size: int, optimizer: optax.GradientTransformation,
                learning_rate_fn: Callable, batch_size: int,
                hyper: dict, methods: Method | Sequence[Method] = Method(),
-               mesh: jax.sharding.Mesh | None = None):
+               mesh: jax.sharding.Mesh | None = None,
+               probes: Sequence[loop.Probe] = ()):
     self.model, self.num_classes = model, num_classes
+    self.probes = tuple(probes)
     self.member_seeds = np.asarray(member_seeds, np.int32)
     self.N, self.P = len(self.member_seeds), group_size
     if isinstance(methods, Method):
@@ -124,7 +146,8 @@ class Population:
           f'of {self.N}.')
     self.optimizer, self.learning_rate_fn = optimizer, learning_rate_fn
     self.batch_size, self.mesh = batch_size, mesh
-    self.hyper = {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
+    self.hyper = {k: jnp.asarray(v, jnp.float32)
+                  for k, v in regularisers.prepare(hyper).items()}
     self.train_x = jnp.asarray(train.x)
     self.train_y = jnp.asarray(train.y)
     data_lib.batch_indices(jax.random.PRNGKey(0), 0, len(train),
@@ -161,7 +184,8 @@ class Population:
 
   def member_step(self, state, batch, key):
     """One gradient step of one member (key already the member's)."""
-    step = loop.gradient_step(self.loss_fn, self.optimizer)
+    step = loop.gradient_step(self.loss_fn, self.optimizer,
+                              probes=self.probes)
     return step(state, batch, key)
 
   def member_batch(self, seed, hyper, step) -> dict:
@@ -209,6 +233,13 @@ class Population:
         self.member_seeds, self.hyper, step)
     return self._constrain(batch)
 
+  def _due(self, count):
+    """(G,) whether each group averages once `count` steps are done."""
+    start = jnp.asarray([m.start for m in self.methods])
+    every = jnp.asarray([m.every for m in self.methods])
+    averages = jnp.asarray([m.name != 'independent' for m in self.methods])
+    return averages & (count >= start) & ((count - start) % every == 0)
+
   def average(self, params, model_state, step, key):
     """Each group's averaging where it is due after the update of `step`.
 
@@ -217,12 +248,11 @@ class Population:
     the whole call on steps where no group is due.
     """
     ids = jnp.asarray([METHODS.index(m.name) for m in self.methods])
-    every = jnp.asarray([m.every for m in self.methods])
     a = jnp.asarray([m.a for m in self.methods], jnp.float32)
     scale = jnp.where(jnp.asarray([m.lr_scaled for m in self.methods]),
                       self.learning_rate_fn(step) / self.learning_rate_fn(0),
                       1.0)
-    branch = jnp.where((step + 1) % every == 0, ids, 0)
+    branch = jnp.where(self._due(step + 1), ids, 0)
     keys = jax.random.split(key, len(self.methods))
 
     def one_group(tree, branch, a, scale, key):
@@ -245,9 +275,7 @@ class Population:
       return new, metrics
 
     # Averaging after the update, in the groups whose period has come.
-    every = np.asarray([m.every for m in self.methods if
-                        m.name != 'independent'])
-    due = jnp.any(new.step % every == 0)
+    due = jnp.any(self._due(new.step))
     params, model_state = jax.lax.cond(
         due, lambda: self.average(new.params, new.model_state, state.step,
                                   jax.random.fold_in(key, 2**31 - 1)),

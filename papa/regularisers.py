@@ -13,12 +13,14 @@ arrays of shape (N,) and the step vmaps over them like over the weights:
                    area) set to zero.
 """
 
+import functools
 import itertools
 from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 NAMES = ('mixup_alpha', 'cutmix_alpha', 'label_smoothing', 'erasing_prob')
 
@@ -66,36 +68,70 @@ def member_combinations(grid: Mapping[str, Sequence[float]],
           for i, name in enumerate(NAMES)}
 
 
-def _box_mask(key: jax.Array, spatial: tuple, fraction: jax.Array):
-  """A boolean box over the spatial shape covering ~`fraction` of it."""
+# Knots of the tabulated inverse CDF of Beta(alpha, alpha).
+QUANTILES = 513
+
+
+@functools.lru_cache(maxsize=64)
+def _beta_quantiles(alpha: float) -> np.ndarray:
+  """Beta(alpha, alpha) quantiles at QUANTILES evenly spaced levels; ones
+  when alpha is 0 (the regulariser is off and lam = 1)."""
+  if alpha <= 0:
+    return np.ones(QUANTILES, np.float32)
+  levels = np.linspace(0.0, 1.0, QUANTILES)
+  return stats.beta.ppf(levels, alpha, alpha).astype(np.float32)
+
+
+def prepare(hyper: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Adds each member's mixup and CutMix quantile tables to its scalars.
+
+  lam ~ Beta(alpha, alpha) is then drawn inside the step by interpolating a
+  uniform draw in the table: the inverse CDF, linear between 513 knots, so
+  each of the 512 segments holds exactly its 1/512 of the probability.
+  Why not `jax.random.beta`: its gamma rejection sampler is the costliest
+  part of the step to compile (seconds per program on CPU), and the table
+  is exact at the knots.
+
+  Args:
+    hyper: {name: (N,)} as from `member_combinations`.
+
+  Returns:
+    hyper plus 'mixup_quantiles' and 'cutmix_quantiles', each (N, 513).
+  """
+  out = {name: np.asarray(hyper[name], np.float32) for name in NAMES}
+  for name in ('mixup', 'cutmix'):
+    alphas = np.atleast_1d(out[f'{name}_alpha'])
+    out[f'{name}_quantiles'] = np.stack(
+        [_beta_quantiles(float(a)) for a in alphas]).reshape(
+            out[f'{name}_alpha'].shape + (QUANTILES,))
+  return out
+
+
+def _beta_draw(u: jax.Array, quantiles: jax.Array) -> jax.Array:
+  """lam = F^-1(u) from a member's quantile table (QUANTILES,)."""
+  return jnp.interp(u, jnp.linspace(0.0, 1.0, QUANTILES), quantiles)
+
+
+def _box_mask(u: jax.Array, spatial: tuple, fraction: jax.Array):
+  """A boolean box over the spatial shape covering ~`fraction` of it.
+
+  Args:
+    u: (len(spatial),) uniforms in [0, 1) that place the box on each axis.
+    spatial: the example's spatial shape.
+    fraction: the share of the area to cover.
+  """
   side = fraction ** (1.0 / len(spatial))
-  keys = jax.random.split(key, len(spatial))
   mask = jnp.ones(spatial, bool)
-  for axis, (size, k) in enumerate(zip(spatial, keys)):
+  for axis, size in enumerate(spatial):
     length = jnp.round(side * size).astype(jnp.int32)
-    start = jax.random.randint(k, (), 0, size - length + 1)
+    start = jnp.minimum(jnp.floor(u[axis] * (size - length + 1)),
+                        size - length).astype(jnp.int32)
     index = jnp.arange(size)
     inside = (index >= start) & (index < start + length)
     shape = [1] * len(spatial)
     shape[axis] = size
     mask = mask & inside.reshape(shape)
   return mask
-
-
-def _beta_pair(key, alpha_mix, alpha_cut):
-  """lam ~ Beta(alpha, alpha) for mixup and CutMix, 1 where alpha is 0.
-
-  Beta(a, a) = G1 / (G1 + G2) with G1, G2 ~ Gamma(a): one gamma draw of four
-  values compiles about twice as fast as two `jax.random.beta` calls. An off
-  regulariser (alpha = 0, where Beta is undefined) draws Gamma(1) instead and
-  its lam is then overridden to 1.
-  """
-  alphas = jnp.stack([alpha_mix, alpha_mix, alpha_cut, alpha_cut])
-  safe = jnp.where(alphas > 0, alphas, 1.0)
-  g = jax.random.gamma(key, safe)
-  lam_mix = jnp.where(alpha_mix > 0, g[0] / (g[0] + g[1]), 1.0)
-  lam_cut = jnp.where(alpha_cut > 0, g[2] / (g[2] + g[3]), 1.0)
-  return lam_mix, lam_cut
 
 
 def apply(key: jax.Array, x: jax.Array, y: jax.Array,
@@ -106,39 +142,49 @@ def apply(key: jax.Array, x: jax.Array, y: jax.Array,
     key: this step's key of the member.
     x: inputs (B, *spatial, channels).
     y: integer labels (B,).
-    hyper: the member's four scalars (see the module docstring).
+    hyper: the member's four scalars (see the module docstring) and its
+      quantile tables (see `prepare`).
     num_classes: number of classes.
 
   Returns:
     (x, targets) with targets (B, num_classes) soft labels summing to 1.
   """
-  k_erase, k_box, k_perm, k_lam, k_box2, k_coin = jax.random.split(key, 6)
   B, spatial = x.shape[0], x.shape[1:-1]
+  D = len(spatial)
   eps = hyper['label_smoothing']
   targets = (1 - eps) * jax.nn.one_hot(y, num_classes) + eps / num_classes
 
-  # Random erasing, example by example.
-  erase_keys = jax.random.split(k_box, B)
-  area = jax.random.uniform(k_erase, (B,), minval=0.02, maxval=0.33)
-  boxes = jax.vmap(lambda k, f: _box_mask(k, spatial, f))(erase_keys, area)
-  chosen = jax.random.uniform(k_coin, (B,)) < hyper['erasing_prob']
-  erase = (boxes & chosen.reshape((B,) + (1,) * len(spatial)))[..., None]
+  # One uniform draw holds all of the step's randomness: each separate draw
+  # compiles its own random-bits kernel, and those dominated compile time.
+  u = jax.random.uniform(key, (B * (3 + D) + 3 + D,))
+  per_example = u[:B * (3 + D)].reshape(B, 3 + D)
+  u_mix, u_cut, u_coin = u[-3 - D], u[-2 - D], u[-1 - D]
+  u_box = u[-D:]
+
+  # Random erasing, example by example: area 2% to 33%.
+  area = 0.02 + 0.31 * per_example[:, 0]
+  chosen = per_example[:, 1] < hyper['erasing_prob']
+  boxes = jax.vmap(lambda v, f: _box_mask(v, spatial, f))(
+      per_example[:, 3:], area)
+  erase = (boxes & chosen.reshape((B,) + (1,) * D))[..., None]
   x = jnp.where(erase, 0.0, x)
 
-  # Mixup and CutMix pair each example with one of a shuffled batch.
-  perm = jax.random.permutation(k_perm, B)
-  lam_mix, lam_cut = _beta_pair(k_lam, hyper['mixup_alpha'],
-                                hyper['cutmix_alpha'])
+  # Mixup and CutMix pair each example with one of a shuffled batch (the
+  # argsort of uniforms is a uniform permutation).
+  perm = jnp.argsort(per_example[:, 2])
+  lam_mix = jnp.where(hyper['mixup_alpha'] > 0,
+                      _beta_draw(u_mix, hyper['mixup_quantiles']), 1.0)
+  lam_cut = jnp.where(hyper['cutmix_alpha'] > 0,
+                      _beta_draw(u_cut, hyper['cutmix_quantiles']), 1.0)
   x_mix = lam_mix * x + (1 - lam_mix) * x[perm]
-  box = _box_mask(k_box2, spatial, 1 - lam_cut)[None, ..., None]
+  box = _box_mask(u_box, spatial, 1 - lam_cut)[None, ..., None]
   x_cut = jnp.where(box, x[perm], x)
   lam_cut = 1 - box.mean()
 
   # With both on, a fair coin picks one per batch.
   use_mix = hyper['mixup_alpha'] > 0
   use_cut = hyper['cutmix_alpha'] > 0
-  coin = jax.random.bernoulli(jax.random.fold_in(k_coin, 1))
-  use_cut = use_cut & (~use_mix | coin)
+  use_cut = use_cut & (~use_mix | (u_coin < 0.5))
   use_mix = use_mix & ~use_cut
   lam = jnp.where(use_mix, lam_mix, jnp.where(use_cut, lam_cut, 1.0))
   x = jnp.where(use_mix, x_mix, jnp.where(use_cut, x_cut, x))
