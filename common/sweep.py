@@ -265,7 +265,8 @@ class SweepTask(submitit.helpers.Checkpointable):
     try:
       return execute(config, workdir)
     except loop.Preempted as stop:
-      print(f'{stop} Asking submitit to requeue the job.', flush=True)
+      print(f'{stop} Asking submitit to requeue the job, which resumes '
+            'from that checkpoint.', flush=True)
       if not callable(requeue):
         raise
       try:

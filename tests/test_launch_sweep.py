@@ -1,8 +1,13 @@
 """Sweeps: expansion, names, skip / resume on re-launch, submitit, table."""
 
 import csv
+import glob
 import json
 import os
+import re
+import signal
+import threading
+import time
 
 import pytest
 
@@ -75,8 +80,8 @@ def test_sweep_from_the_config_file(tmp_path):
 @pytest.mark.slow
 def test_relaunch_skips_finished_and_resumes_started(tmp_path, capsys):
   config = launch_helpers.fast_config()
-  runs = sweep.expand([{}], str(tmp_path), {'seed': [0, 1, 2]})
-  done, cut, fresh = runs
+  runs = sweep.expand([{}], str(tmp_path), {'seed': [0, 1]})
+  done, cut = runs
 
   # seed=0 finished earlier; seed=1 stopped at step 20 of 40.
   os.makedirs(done.workdir)
@@ -85,13 +90,13 @@ def test_relaunch_skips_finished_and_resumes_started(tmp_path, capsys):
   half = sweep.with_overrides(config, dict(cut.overrides,
                                            **{'train.num_steps': 20}))
   training.train_flow(half, cut.workdir, quiet=True)
-  assert [r.status for r in runs] == ['finished', 'started', 'new']
+  assert [r.status for r in runs] == ['finished', 'started']
+  assert sweep.run_status(str(tmp_path / 'seed=2')) == 'new'
   capsys.readouterr()
 
   outcomes = sweep.launch(config, runs, 'local')
   out = capsys.readouterr().out
-  assert outcomes == {done.name: 'skipped', cut.name: 'finished',
-                      fresh.name: 'finished'}
+  assert outcomes == {done.name: 'skipped', cut.name: 'finished'}
   assert 'resuming from the checkpoint at step 20' in out
   with open(os.path.join(done.workdir, 'results.json')) as f:
     assert json.load(f) == {'w2': -1.0}
@@ -100,28 +105,60 @@ def test_relaunch_skips_finished_and_resumes_started(tmp_path, capsys):
 
   headers, table = sweep.gather(str(tmp_path))
   assert headers[:3] == ['run', 'seed', 'status'] and 'w2_euler' in headers
-  assert [row[:3] for row in table] == [
-      ['seed=0', 0, 'finished'], ['seed=1', 1, 'finished'],
-      ['seed=2', 2, 'finished']]
+  assert [row[:3] for row in table] == [['seed=0', 0, 'finished'],
+                                        ['seed=1', 1, 'finished']]
+  assert table[0][headers.index('w2')] == -1.0
   csv_path, md_path = sweep.write_table(str(tmp_path), headers, table)
   with open(csv_path) as f:
-    assert len(list(csv.reader(f))) == 4
+    assert len(list(csv.reader(f))) == 3
   assert open(md_path).read().startswith('| run | seed | status |')
+
+
+def _submitit_workers(folder) -> list[int]:
+  """Process ids of the submitit tasks running jobs of `folder`."""
+  pids = []
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        command = f.read().decode(errors='replace')
+    except OSError:
+      continue
+    if 'submitit.core._submit' in command and str(folder) in command:
+      pids.append(int(pid))
+  return pids
 
 
 @pytest.mark.slow
 def test_submitit_local_executor_runs_a_two_point_sweep(tmp_path):
+  """Two jobs of an array; the long one gets submitit's time-limit signal,
+  saves, is requeued and resumes."""
   config = launch_helpers.fast_config()
-  runs = sweep.expand([{'method': 'icfm'}, {'method': 'otcfm'}],
+  long = {'train.num_steps': 3000, 'train.log_every': 10,
+          'train.checkpoint_every': 1000, 'train.batch_size': 32}
+  runs = sweep.expand([{'method': 'icfm', **long}, {'method': 'otcfm'}],
                       str(tmp_path))
-  outcomes = sweep.launch(config, runs, 'slurm', cluster='local',
-                          slurm={'timeout_min': 5})
-  assert outcomes == {'method=icfm': 'finished', 'method=otcfm': 'finished'}
-  for run in runs:
-    with open(os.path.join(run.workdir, 'results.json')) as f:
-      assert json.load(f)['num_steps'] == 40
-  assert os.path.isdir(tmp_path / 'submitit')
+  outcomes = {}
+  launcher = threading.Thread(target=lambda: outcomes.update(sweep.launch(
+      config, runs, 'slurm', cluster='local', slurm={'timeout_min': 5})))
+  launcher.start()
+  metrics = os.path.join(runs[0].workdir, 'metrics.jsonl')
+  deadline = time.monotonic() + 150
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)):
+    assert time.monotonic() < deadline and launcher.is_alive()
+    time.sleep(0.02)
+  for pid in _submitit_workers(tmp_path):
+    os.kill(pid, signal.SIGUSR2)
+  launcher.join(timeout=200)
+
+  assert outcomes == {runs[0].name: 'finished', 'method=otcfm': 'finished'}
+  with open(os.path.join(runs[0].workdir, 'results.json')) as f:
+    assert json.load(f)['num_steps'] == 3000
+  logs = ''.join(open(p).read() for p in glob.glob(
+      str(tmp_path / 'submitit' / '*' / '*_log.out')))
+  stopped = re.search(r'received signal 12 at step (\d+)', logs)
+  assert stopped and 'requeue the job' in logs
+  assert f'resuming from the checkpoint at step {stopped[1]}' in logs
 
   # A second launch finds both finished and submits nothing.
   assert sweep.launch(config, runs, 'slurm', cluster='local') == {
-      'method=icfm': 'skipped', 'method=otcfm': 'skipped'}
+      runs[0].name: 'skipped', runs[1].name: 'skipped'}
