@@ -6,6 +6,7 @@ every method x grid point x seed x task, then the selection table) or one
 `main_section` runs the digits task with a reduced grid for `make run`.
 """
 
+from concurrent import futures
 import json
 import os
 import time
@@ -47,6 +48,7 @@ def validate(config) -> None:
   config_lib.require_choice(config, 'grid', GRIDS)
   config_lib.require_int(config, 'num_seeds', minimum=1)
   config_lib.require_int(config, 'max_grid_points', minimum=0)
+  config_lib.require_int(config, 'num_workers', minimum=0)
   config_lib.require_int(config, 'model.bottleneck_dim', minimum=1)
   config_lib.require_int(config, 'model.critic_steps', minimum=1)
   num_steps = config.train.num_steps
@@ -55,6 +57,12 @@ def validate(config) -> None:
         f'config.train.num_steps={num_steps} must be a multiple of '
         f'config.train.log_every={config.train.log_every} (the checkpoint '
         'interval); set --config.train.log_every to a divisor.')
+  every = config.train.checkpoint_every
+  if every % config.train.log_every:
+    raise config_lib.ConfigError(
+        f'config.train.checkpoint_every={every} must be a multiple of '
+        f'config.train.log_every={config.train.log_every} (0 saves at the '
+        'end only).')
   if mode == 'single':
     if len(names) != 1:
       raise config_lib.ConfigError(
@@ -119,24 +127,39 @@ def train_and_evaluate(config, workdir: str) -> dict:
   task_names = config_lib.require_choices(config, 'tasks', data.TASKS)
   tasks = [data.task(t, **_task_kwargs(config, t)) for t in task_names]
 
+  every = config.train.checkpoint_every
   if config.mode == 'single':
     task, name = tasks[0], names[0]
     run = protocol.run_method(name, task, spec_from_config(config, task),
                               [_single_point(config, name)], [config.seed],
-                              workdir=workdir, quiet=False)
+                              workdir=workdir, checkpoint_every=every,
+                              quiet=False)
     return {'method': name, 'task': task.name, 'hp': run.points[0],
-            'seed': config.seed,
+            'seed': config.seed, 'checkpoint_steps': run.steps,
             'checkpoint_scores': {k: v[0, 0].tolist()
                                   for k, v in run.scores.items()},
             'steps_per_second': run.steps_per_second}
 
+  # Each (task, method) trains in its own folder, so a stopped grid resumes;
+  # they run in threads because compilation, most of the time here, is
+  # single-threaded and releases the GIL.
   seeds = [config.seed + i for i in range(config.num_seeds)]
-  runs = {}
-  for name in names:
-    runs[name] = [protocol.run_method(name, task,
-                                      spec_from_config(config, task),
-                                      points_for(config, name), seeds)
-                  for task in tasks]
+  jobs = [(name, t, task) for name in names
+          for t, task in zip(task_names, tasks)]
+
+  def run(job):
+    name, t, task = job
+    return protocol.run_method(
+        name, task, spec_from_config(config, task), points_for(config, name),
+        seeds, workdir=os.path.join(workdir, 'runs', t, name),
+        checkpoint_every=every)
+
+  workers = config.num_workers or os.cpu_count() or 1
+  with futures.ThreadPoolExecutor(workers) as pool:
+    done = list(pool.map(run, jobs))
+  runs = {name: [] for name in names}
+  for (name, _, _), method_run in zip(jobs, done):
+    runs[name].append(method_run)
   rows, results = protocol.table_rows(runs)
   paths = protocol.write_tables(rows, config.to_dict(), workdir)
   print(report.console_table(protocol.HEADERS[:4],

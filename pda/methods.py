@@ -42,45 +42,20 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from common import data as common_data
+from pda import ar
+from pda import networks
 from pda import ot_losses
 
 
 # ---------------------------------------------------------------------------
 # Networks.
 
-
-class FeatureNet(nn.Module):
-  """G: inputs -> bottleneck features (n, bottleneck_dim)."""
-  widths: tuple = (128,)
-  bottleneck_dim: int = 32
-  conv: bool = False
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = x
-    if self.conv:
-      window = (2,) * (x.ndim - 2)
-      for features in (16, 32):
-        h = nn.relu(nn.Conv(features, (3,) * (x.ndim - 2))(h))
-        h = nn.max_pool(h, window, strides=window, padding='SAME')
-    h = h.reshape(h.shape[0], -1)
-    for width in self.widths:
-      h = nn.relu(nn.Dense(width)(h))
-    return nn.relu(nn.Dense(self.bottleneck_dim)(h))
-
-
-class Discriminator(nn.Module):
-  """D: features -> one logit per example (n,)."""
-  hidden: int = 64
-
-  @nn.compact
-  def __call__(self, g: jax.Array) -> jax.Array:
-    h = nn.relu(nn.Dense(self.hidden)(g))
-    h = nn.relu(nn.Dense(self.hidden)(h))
-    return nn.Dense(1)(h)[:, 0]
+FeatureNet = networks.FeatureNet
+Discriminator = networks.Discriminator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,103 +176,6 @@ def feature_norm_loss(g, delta_r) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------
-# AR's source weights.
-
-
-def ar_solve_weights(d: jax.Array, rho) -> jax.Array:
-  """argmin_w <w, d> s.t. w >= 0, sum w = n, ||w - 1||^2 <= rho n.
-
-  The KKT conditions give w_i = max(0, 1 + u - t d_i) for a scale t >= 0
-  and shift u; u is set by sum w = n and t by the ball constraint, both
-  by bisection (hand-written: a jitted, vmappable alternative to the cvxpy
-  solve of the reference code, checked against scipy in the tests).
-
-  Args:
-    d: critic values of the n source examples, (n,).
-    rho: radius of the chi-square ball.
-  """
-  n = d.shape[0]
-  d = (d - d.mean()) / (d.std() + 1e-12)
-
-  def weights(t):
-    lo, hi = t * d.min() - 1.0, t * d.max()
-
-    def body(_, bounds):
-      lo, hi = bounds
-      mid = 0.5 * (lo + hi)
-      total = jnp.sum(jnp.maximum(0.0, 1.0 + mid - t * d))
-      return jnp.where(total > n, lo, mid), jnp.where(total > n, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, 60, body, (lo, hi))
-    w = jnp.maximum(0.0, 1.0 + 0.5 * (lo + hi) - t * d)
-    return w * n / jnp.sum(w)
-
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = jnp.sqrt(lo * hi)
-    inside = jnp.sum((weights(mid) - 1.0) ** 2) <= rho * n
-    return jnp.where(inside, mid, lo), jnp.where(inside, hi, mid)
-
-  lo, _ = jax.lax.fori_loop(0, 60, body, (jnp.asarray(1e-6), jnp.asarray(1e6)))
-  return weights(lo)
-
-
-def ar_weights(key, h_s, h_t, hp, critic_steps: int) -> jax.Array:
-  """AR's weights of the n_s source examples from features h_s, h_t."""
-  critic = Discriminator(hidden=64)
-  params = critic.init(key, h_s[:1])
-  opt = optax.adam(1e-3)
-  batch = min(36, h_s.shape[0], h_t.shape[0])
-
-  def critic_loss(params, xs, xt, alpha, lam):
-    inter = xs + alpha * (xt - xs)
-    points = jnp.concatenate([inter, xs, xt])
-    grads = jax.vmap(jax.grad(lambda p: critic.apply(params, p[None])[0]))(
-        points)
-    penalty = jnp.mean((jnp.linalg.norm(grads, axis=1) - 1.0) ** 2)
-    distance = critic.apply(params, xs).mean() - critic.apply(params, xt).mean()
-    return -distance + lam * penalty
-
-  def step(carry, i):
-    params, opt_state = carry
-    k = jax.random.fold_in(key, i)
-    ks, kt, ka = jax.random.split(k, 3)
-    xs = h_s[jax.random.choice(ks, h_s.shape[0], (batch,), replace=False)]
-    xt = h_t[jax.random.choice(kt, h_t.shape[0], (batch,), replace=False)]
-    alpha = jax.random.uniform(ka, (batch, 1))
-    grads = jax.grad(critic_loss)(params, xs, xt, alpha,
-                                  100.0 * i / critic_steps)
-    updates, opt_state = opt.update(grads, opt_state)
-    return (optax.apply_updates(params, updates), opt_state), None
-
-  (params, _), _ = jax.lax.scan(step, (params, opt.init(params)),
-                                jnp.arange(critic_steps))
-  d_s, d_t = critic.apply(params, h_s), critic.apply(params, h_t)
-
-  # Adjust rho by the factor c until the reweighted distance is in (low, up].
-  def gap(rho):
-    w = ar_solve_weights(d_s, rho)
-    return jnp.dot(w, d_s) / d_s.shape[0] - d_t.mean(), w
-
-  def cond(carry):
-    t, _, done = carry
-    return (t < 100) & ~done
-
-  def body(carry):
-    t, rho, _ = carry
-    distance, _ = gap(rho)
-    rho_next = jnp.where(distance > hp['up'], rho * hp['c'],
-                         jnp.where(distance > hp['low'], rho, rho / hp['c']))
-    done = (distance <= hp['up']) & (distance > hp['low'])
-    return t + 1, rho_next, done
-
-  _, rho, _ = jax.lax.while_loop(cond, body,
-                                 (0, jnp.asarray(hp['rho0'], jnp.float32),
-                                  jnp.asarray(False)))
-  return gap(rho)[1]
-
-
-# ---------------------------------------------------------------------------
 # Batches and periodic refreshes.
 
 
@@ -319,14 +197,15 @@ class Arrays:
 
 
 def make_arrays(task) -> Arrays:
-  ys = jnp.asarray(task.source_train.y)
-  counts = jnp.bincount(ys, length=task.num_classes)
-  order = jnp.argsort(ys, stable=True)
-  starts = jnp.cumsum(counts) - counts
-  cols = jnp.arange(int(counts.max()))
-  index = order[jnp.minimum(starts[:, None] + cols[None, :], len(ys) - 1)]
-  return Arrays(jnp.asarray(task.source_train.x), ys,
-                jnp.asarray(task.target.x), index, counts)
+  # numpy on the host: eager jnp ops would each compile a small program.
+  ys = np.asarray(task.source_train.y, np.int32)
+  counts = np.bincount(ys, minlength=task.num_classes).astype(np.int32)
+  order = np.argsort(ys, kind='stable').astype(np.int32)
+  starts = np.cumsum(counts) - counts
+  cols = np.arange(int(counts.max()))
+  index = order[np.minimum(starts[:, None] + cols[None, :], len(ys) - 1)]
+  return Arrays(*(jnp.asarray(v) for v in (task.source_train.x, ys,
+                                           task.target.x, index, counts)))
 
 
 def source_batch(arrays: Arrays, key, step, batch_size: int, how: str,
@@ -493,7 +372,8 @@ def refresh_ba3us(spec, params, aux, hp, arrays, key):
 def refresh_ar(spec, params, aux, hp, arrays, key):
   h_s = features(spec, params, arrays.xs)
   h_t = features(spec, params, arrays.xt)
-  return dict(aux, w=ar_weights(key, h_s, h_t, hp, spec.critic_steps))
+  return dict(aux, w=ar.source_weights(key, h_s, h_t, hp,
+                                        spec.critic_steps))
 
 
 # ---------------------------------------------------------------------------

@@ -24,13 +24,21 @@ a large A. For exact OT with M >= 0 and any A > 0 the real block of the
 optimal extended plan is an optimal partial plan of mass m (tested against
 scipy's linprog). With entropy, ott's log-domain Sinkhorn solves the extended
 problem in float32; A = max(M) + 30 epsilon keeps the dummy-to-dummy mass below
-exp(-30) so the real block carries mass m to float32 precision. The entropy
-then also covers the slack (the dummy rows / columns), which is the one
-difference with POT's `entropic_partial_wasserstein` (Benamou et al. Bregman
-projections, the benchmark's reference solver): at the benchmark's epsilons
-(0.5 to 1.5 on costs of order 1 to 10) the two plans have the same mass and
-differ by a few percent in total variation (see docs/ in the report); both
-converge to the exact partial plan as epsilon -> 0.
+exp(-30) so the real block carries mass m to float32 precision.
+
+How it compares with the benchmark's solver. The benchmark calls POT's
+`entropic_partial_wasserstein`, which minimises <pi, M> + epsilon KL over the
+real plan only, by Dykstra's KL projections onto {pi 1 <= a}, {pi^T 1 <= b}
+and {sum pi = m} (Benamou et al., 2015). Here the entropy also covers the
+slack (the dummy row and column), so the two entropic plans differ although
+both have mass m and both tend to the exact partial plan as epsilon -> 0.
+Measured on uniform 40 x 40 problems at masses 0.1 and 0.3, against a
+float64 re-implementation of those projections (in the tests), the total
+variation between the plans, as a share of m, is about 1% for costs in
+[0, 1], 2-6% for costs in [0, 5] and 3-8% for costs in [0, 10], at the
+benchmark's epsilons 0.5 to 1.5 (largest at epsilon 0.5). With eta_2 = 1
+(the reduced grid) MPOT's costs here are of order 1 to 10, so its plans are
+close to, not the same as, the benchmark's.
 """
 
 import jax

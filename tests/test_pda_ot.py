@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from pda import methods
+from pda import ar
 from pda import ot_losses
 
 
@@ -102,7 +102,7 @@ def test_ar_weights_match_scipy():
   rng = np.random.default_rng(4)
   d = rng.normal(size=9)
   n, rho = 9, 0.8
-  w = np.asarray(methods.ar_solve_weights(jnp.asarray(d, jnp.float32), rho))
+  w = np.asarray(ar.solve_weights(jnp.asarray(d, jnp.float32), rho))
   res = optimize.minimize(
       lambda w: w @ d, np.ones(n), method='SLSQP', bounds=[(0, None)] * n,
       constraints=[{'type': 'eq', 'fun': lambda w: w.sum() - n},

@@ -30,6 +30,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.num_seeds = 3
   config.seed = 0
   config.hp = ''
+  # Threads training (task, method) pairs at once; 0: one per CPU core.
+  config.num_workers = 0
 
   config.data = ml_collections.ConfigDict(dict(
       rotation=30.0, root='', features_dir='', source='', target=''))
