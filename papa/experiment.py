@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset = 'mnist1d'
   config.data_dir = ''
   config.validation_fraction = 0.1
+  # MNIST-1D generator overrides (e.g. num_samples); empty for the others.
+  config.data_args = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(dict(name='mlp', widths=(0,)))
   # size P per population; `seeds` populations train side by side; devices:
   # 0 picks the most devices that split seeds x P evenly.
@@ -60,8 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
       # steps per epoch on CIFAR). Otherwise `a` and `every` (k) are used.
       auto=True, pulls_per_epoch=10.0, contraction_per_epoch=0.46,
       a=0.99, every=10, lr_scaled=False,
-      # T of PAPA-all and PAPA-2, in epochs.
-      every_epochs=1.0))
+      # T of PAPA-all and PAPA-2, in epochs; as in the paper's code, their
+      # first averaging can come at the end of epoch 1.
+      every_epochs=5.0, first_after_epoch_1=True))
   config.regularisers = ml_collections.ConfigDict(
       {name: tuple(values)
        for name, values in regularisers.DEFAULT_GRID.items()})
@@ -78,15 +81,23 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def make_tiny(config) -> None:
-  """Shrinks a config to a seconds-long smoke run."""
+  """Shrinks a config to a seconds-long smoke run.
+
+  Compilation dominates such a run, so it trains in one fused chunk with one
+  evaluation at the end (two programs), on a small model; P = 3 keeps an
+  odd population for PAPA-2.
+  """
   config.epochs = 0.0
-  config.train.num_steps = 40
-  config.train.log_every = 20
+  config.train.num_steps = 24
+  config.train.log_every = 24
   config.train.batch_size = 32
-  config.eval_every = 20
+  config.eval_every = 24
   config.population.size = 3
   config.population.seeds = 2
   config.papa.every_epochs = 0.2
+  config.papa.first_after_epoch_1 = False  # An epoch is longer than the run.
+  if config.dataset == 'mnist1d':
+    config.data_args.num_samples = 1000  # Generating 5,000 takes seconds.
   if config.model.name == 'resnet20':
     config.model.widths = (4,)
   else:
@@ -107,6 +118,11 @@ def validate(config) -> None:
   config_lib.require_training(config)
   config_lib.require_choice(config, 'dataset', data_lib.ARRAY_DATASETS)
   config_lib.require_choice(config, 'model.name', models.MODELS)
+  if config.data_args.to_dict() and config.dataset != 'mnist1d':
+    raise config_lib.ConfigError(
+        f'config.data_args={config.data_args.to_dict()} are MNIST-1D '
+        f'generator overrides; dataset {config.dataset!r} takes none (clear '
+        'config.data_args).')
   config_lib.require_choice(config, 'optimizer.name', ('adamw', 'sgd'))
   config_lib.require_float(config, 'validation_fraction', minimum=0.0,
                            maximum=1.0, strict_minimum=True,
@@ -180,7 +196,8 @@ def build(config) -> Setup:
   """Loads the data and builds the model, optimizer and member seeds."""
   data = data_lib.load(config.dataset, data_dir=config.data_dir or None,
                        seed=config.seed,
-                       validation_fraction=config.validation_fraction)
+                       validation_fraction=config.validation_fraction,
+                       **config.data_args.to_dict())
   widths = tuple(w for w in config.model.widths if w > 0)
   model = models.make_model(config.model.name, data.num_classes,
                             widths=widths)
@@ -222,7 +239,8 @@ def method_schedule(setup: Setup, name: str) -> population_lib.Method:
                                  lr_scaled=papa.lr_scaled)
   if name in ('papa_all', 'papa_2'):
     return population_lib.Method(
-        name, every=max(1, round(papa.every_epochs * spe)))
+        name, every=max(1, round(papa.every_epochs * spe)),
+        first=spe if papa.first_after_epoch_1 else 0)
   return population_lib.Method(name)
 
 
@@ -314,6 +332,9 @@ def summarize(per_seed: list) -> dict:
     values = np.asarray([row[key] for row in rows])
     summary[key] = float(values.mean())
     summary[f'{key}_std'] = float(values.std())
+  # The member range is over every member of every seed.
+  summary['member_min'] = float(min(row['member_min'] for row in rows))
+  summary['member_max'] = float(max(row['member_max'] for row in rows))
   summary['greedy_size_mean'] = float(np.mean([r['greedy_size']
                                                for r in rows]))
   summary['per_seed'] = rows

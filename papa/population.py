@@ -221,7 +221,11 @@ class Population:
 
   def init(self) -> loop.TrainState:
     """Stacked member states, leaves (N, ...), `step` a scalar."""
-    states = jax.jit(jax.vmap(self.init_member))(self.member_seeds)
+    # Runs once, so compile it fast rather than well: the random
+    # initialisers' kernels otherwise take seconds to optimise on CPU.
+    init = jax.jit(jax.vmap(self.init_member),
+                   compiler_options={'xla_backend_optimization_level': 0})
+    states = init(self.member_seeds)
     return states.replace(step=jnp.zeros((), jnp.int32),
                           params=self._shard(states.params),
                           opt_state=self._shard(states.opt_state),

@@ -43,16 +43,27 @@ def test_independent_alone_allows_one_member():
   experiment.validate(config)
 
 
-@pytest.mark.slow
+def test_data_args_only_for_mnist1d():
+  config = digits.get_config('tiny')
+  config.data_args.num_samples = 100
+  with pytest.raises(config_lib.ConfigError, match='data_args'):
+    experiment.validate(config)
+
+
 def test_tiny_run_end_to_end(tmp_path):
-  config = mnist1d.get_config('tiny')
-  config.methods = 'independent,papa_2'
+  # Every method, one seed of P = 3 (odd: PAPA-2 leaves one out), on digits
+  # (embedded, loads fastest): trains, scores, plots, writes the table.
+  config = digits.get_config('tiny')
   config.population.seeds = 1
-  config.train.num_steps = 20
   app.prepare(config, str(tmp_path))
   out = experiment.train_and_evaluate(config, str(tmp_path), quiet=True)
   json.dumps(out)
-  for name in ('independent', 'papa_2'):
+  assert set(out['results']) == {'independent', 'papa', 'papa_all',
+                                 'papa_2'}
+  for name, summary in out['results'].items():
     for key in experiment.SCORES:
-      assert 0.0 <= out['results'][name][key] <= 1.0
+      assert 0.0 <= summary[key] <= 1.0, (name, key)
+    assert len(summary['per_seed']) == 1
+  assert out['members'] == 4 * 3
   assert os.path.exists(tmp_path / 'accuracy_vs_step.png')
+  assert os.path.exists(tmp_path / 'results.md')

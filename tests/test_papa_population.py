@@ -1,5 +1,7 @@
 """Population training: copies equal single runs, sharding, BatchNorm, soups."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ def _data(n=61, length=12, seed=0):
   return data_lib.Split(x, y.astype(np.int32))
 
 
-def _population(seeds, P, methods, mesh=None, grid=None):
+def _population(seeds, P, methods, mesh=None, grid=None, probes=()):
   optimizer = optax.adam(1e-2)
   grid = grid or regularisers.DEFAULT_GRID
   return population.Population(
@@ -34,7 +36,7 @@ def _population(seeds, P, methods, mesh=None, grid=None):
       group_size=P, optimizer=optimizer,
       learning_rate_fn=optax.cosine_decay_schedule(1e-2, STEPS),
       batch_size=7, hyper=regularisers.member_combinations(grid, seeds),
-      methods=methods, mesh=mesh)
+      methods=methods, mesh=mesh, probes=probes)
 
 
 def _train(state, step_fn, batch_fn):
@@ -42,27 +44,47 @@ def _train(state, step_fn, batch_fn):
                     batch_fn=batch_fn, log_every=3, quiet=True).state
 
 
+def _probe(view):
+  # What a geometry probe reads: the loss and the step's own update.
+  return {'probe_loss': view.loss,
+          'probe_update': optax.global_norm(
+              jax.tree.map(jnp.subtract, view.new_params, view.params))}
+
+
 @pytest.mark.slow
 def test_members_sharing_a_seed_equal_copies_of_the_single_run():
-  # Every regulariser on, so the per-member randomness is exercised too.
+  # Two populations of three copies each (seeds 11 and 12), every
+  # regulariser on so the per-member randomness is exercised too, and a
+  # probe inside every member step.
   grid = {name: (0.3,) for name in regularisers.NAMES}
-  pop = _population([11] * 3, 3, population.Method('papa', every=2, a=0.5),
-                    grid=grid)
-  final = _train(pop.init(), pop.step_fn, pop.batch_fn)
+  pop = _population([11] * 3 + [12] * 3, 3,
+                    population.Method('papa', every=2, a=0.5), grid=grid,
+                    probes=[_probe])
+  result = loop.train(pop.init(), pop.step_fn, num_steps=STEPS, seed=5,
+                      workdir=None, batch_fn=pop.batch_fn, log_every=3,
+                      quiet=True, keep_step_metrics=(
+                          'loss', 'update_norm', 'probe_loss',
+                          'probe_update'))
+  final = result.state
 
+  # Copies of a seed average to themselves: each equals the single run.
   state, step_fn, batch_fn = pop.single_run(0)
   single = _train(state, step_fn, batch_fn)
   for j in range(3):
     jax.tree.map(lambda p, s: np.testing.assert_allclose(p[j], s, atol=1e-5),
                  final.params, single.params)
 
-
-@pytest.mark.slow
-def test_distinct_seeds_give_distinct_members():
-  pop = _population([1, 2], 2, population.Method())
-  final = _train(pop.init(), pop.step_fn, pop.batch_fn)
+  # Distinct seeds give distinct members.
   w = final.params['Dense_0']['kernel']
-  assert not np.allclose(w[0], w[1])
+  assert not np.allclose(w[0], w[3])
+
+  # Probes ran in every member's step: (steps, members) values that match
+  # the step's own loss and update.
+  metrics = result.step_metrics
+  assert metrics['probe_loss'].shape == (STEPS, 6)
+  np.testing.assert_allclose(metrics['probe_loss'], metrics['loss'])
+  np.testing.assert_allclose(metrics['probe_update'],
+                             metrics['update_norm'], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -83,6 +105,16 @@ def test_sharded_over_four_devices_equals_unsharded():
   final_plain = _train(plain.init(), plain.step_fn, plain.batch_fn)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                final_sharded.params, final_plain.params)
+
+
+def test_papa_2_with_odd_population_leaves_one_member_as_it_is():
+  tree = {'w': jnp.arange(5.0)}
+  for seed in range(5):
+    out = averaging.average_random_pairs(tree, jax.random.PRNGKey(seed))
+    unchanged = np.flatnonzero(np.asarray(out['w']) == np.arange(5.0))
+    assert len(unchanged) == 1
+    # Pairs average: the total is conserved.
+    assert float(out['w'].sum()) == pytest.approx(10.0)
 
 
 def test_population_the_devices_cannot_split_is_refused():
@@ -124,19 +156,23 @@ def test_batch_stats_recomputed_equal_numpy_statistics():
 @pytest.mark.slow
 def test_resnet_with_recomputed_stats_matches_training_mode():
   model = models.ResNet20(5, width=4, blocks_per_stage=1)
-  x = jax.random.normal(jax.random.PRNGKey(2), (16, 8, 8, 3))
-  variables = model.init(jax.random.PRNGKey(0), x)
+  x = jax.random.normal(jax.random.PRNGKey(2), (16, 12, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   params, state = variables['params'], {'batch_stats':
                                         variables['batch_stats']}
   fresh = soups.finalize(model, params, state, x[None])
 
   # With the statistics of this very batch, evaluation equals training mode.
-  train_logits, _ = model.apply({'params': params, **state}, x, train=True,
-                                mutable=['batch_stats'])
-  eval_logits = model.apply({'params': params, **fresh}, x, train=False)
-  stale_logits = model.apply({'params': params, **state}, x, train=False)
-  np.testing.assert_allclose(eval_logits, train_logits, atol=1e-4)
-  assert not np.allclose(stale_logits, train_logits, atol=1e-2)
+  @functools.partial(jax.jit, static_argnums=1)
+  def logits(stats, train):
+    if train:
+      return model.apply({'params': params, **stats}, x, train=True,
+                         mutable=['batch_stats'])[0]
+    return model.apply({'params': params, **stats}, x, train=False)
+
+  train_logits = logits(state, True)
+  np.testing.assert_allclose(logits(fresh, False), train_logits, atol=1e-4)
+  assert not np.allclose(logits(state, False), train_logits, atol=1e-2)
 
 
 def test_soups_of_identical_members():
@@ -158,3 +194,18 @@ def test_weighted_mean_by_hand():
   tree = {'w': jnp.asarray([[1., 2.], [3., 4.], [9., 0.]])}
   out = soups.weighted_mean(tree, jnp.asarray([1., 1., 0.]))
   np.testing.assert_allclose(out['w'], [2., 3.])
+
+
+def test_first_averaging_then_every_period():
+  # PAPA-all after 2 steps, then every 3; PAPA-2 every 4 from the start;
+  # independent never.
+  pop = _population(list(range(6)), 2, [
+      population.Method('papa_all', every=3, first=2),
+      population.Method('papa_2', every=4),
+      population.Method()])
+  due = np.asarray([pop._due(jnp.int32(c)) for c in range(1, 11)])
+  np.testing.assert_array_equal(np.flatnonzero(due[:, 0]) + 1, [2, 5, 8])
+  np.testing.assert_array_equal(np.flatnonzero(due[:, 1]) + 1, [4, 8])
+  assert not due[:, 2].any()
+  with pytest.raises(averaging.AveragingError, match='first'):
+    population.Method('papa_all', every=3, first=-1)

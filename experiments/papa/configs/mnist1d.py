@@ -4,7 +4,7 @@
         --config=experiments/papa/configs/mnist1d.py --workdir=runs/papa_mnist1d
 
 The tiny variant (`--config=experiments/papa/configs/mnist1d.py:tiny`)
-trains a few dozen steps and finishes in seconds.
+trains 24 steps on 1,000 generated signals and finishes in seconds.
 """
 
 from papa import experiment
@@ -15,12 +15,21 @@ def get_config(variant: str = ''):
   config.name = 'papa_mnist1d'
   config.dataset = 'mnist1d'
   config.model.name = 'mlp'
-  config.model.widths = (64, 64)
-  config.epochs = 20.0
+  # 128-128 and AdamW at 1e-2 reach ~66% held-out accuracy per member in 24
+  # epochs (64-64 at 3e-3 for 20 epochs underfit at ~53%); chosen on the
+  # validation split, see papa/README.md.
+  config.model.widths = (128, 128)
+  config.epochs = 24.0
   config.train.batch_size = 128
-  config.train.learning_rate = 3e-3
-  config.train.log_every = 100
-  config.eval_every = 200
+  config.train.learning_rate = 1e-2
+  config.train.log_every = 84
+  config.eval_every = 168
+  # PAPA: the distance to the mean shrinks by 0.8 per epoch (10 pulls per
+  # epoch; 0.95 left the members apart). PAPA-all and PAPA-2 average every
+  # epoch: on validation, T = 1 beat the paper's T = 5, after which the
+  # members of these small MLPs no longer average well.
+  config.papa.contraction_per_epoch = 0.8
+  config.papa.every_epochs = 1.0
   if variant == 'tiny':
     experiment.make_tiny(config)
   elif variant:
