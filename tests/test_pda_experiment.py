@@ -1,11 +1,16 @@
 """PDA line end to end: config checks and the tiny main section."""
 
+import json
+import os
+import shutil
+
 import pytest
 
 from common import config as config_lib
 from experiments.pda.configs import grid as grid_config
 from experiments.pda.configs import single as single_config
 from pda import experiment
+from pda import protocol
 from pda import selection
 
 
@@ -22,6 +27,10 @@ def test_validate_names_bad_keys():
   config.train.num_steps = 25
   with pytest.raises(config_lib.ConfigError, match='log_every'):
     experiment.validate(config)
+  config = grid_config.get_config('tiny')
+  config.train.checkpoint_every = 15
+  with pytest.raises(config_lib.ConfigError, match='checkpoint_every'):
+    experiment.validate(config)
 
 
 def test_single_run_tiny(tmp_path):
@@ -32,6 +41,36 @@ def test_single_run_tiny(tmp_path):
   out = experiment.train_and_evaluate(config, str(tmp_path))
   assert set(out['checkpoint_scores']) == set(selection.SELECTIONS)
   assert len(out['checkpoint_scores']['oracle']) == 2
+
+
+def _single_config():
+  config = single_config.get_config('tiny')
+  config.methods = 'source_only'
+  config.hp = '{}'
+  config.train.checkpoint_every = 10
+  experiment.validate(config)
+  return config
+
+
+@pytest.mark.slow
+def test_stopped_single_run_resumes_exactly(tmp_path):
+  # Stopped after the step-10 checkpoint: the train state and the outputs of
+  # step 10 are on disk, those of step 20 are not.
+  config = _single_config()
+  full = experiment.train_and_evaluate(config, str(tmp_path / 'a'))
+  shutil.rmtree(tmp_path / 'a' / 'checkpoints' / '20')
+  os.remove(tmp_path / 'a' / 'outputs' / 'step_00000020.npz')
+  resumed = experiment.train_and_evaluate(config, str(tmp_path / 'a'))
+  assert resumed['checkpoint_scores'] == full['checkpoint_scores']
+  logged = [json.loads(line)['step']
+            for line in open(tmp_path / 'a' / 'metrics.jsonl')]
+  assert logged == [10, 20]
+
+  # A finished run only re-scores; another member set is refused.
+  again = experiment.train_and_evaluate(config, str(tmp_path / 'a'))
+  assert again['checkpoint_scores'] == full['checkpoint_scores']
+  with pytest.raises(ValueError, match='other members'):
+    protocol.check_members(str(tmp_path / 'a'), [{}], [1])
 
 
 @pytest.mark.slow
