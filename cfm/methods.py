@@ -154,13 +154,13 @@ def make_matcher(method: str, sigma: float, *, coupling: str = '',
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r}; choose one of '
                      f'{list(METHODS)}.')
-  if sigma < 0:
+  bridge = method in ('sbcfm', 'sf2m')
+  if sigma < 0 and not bridge:
     raise ValueError(f'sigma={sigma} must be >= 0.')
   if coupling and coupling not in couplings.COUPLINGS:
     raise ValueError(f'Unknown coupling {coupling!r}; choose one of '
                      f'{list(couplings.COUPLINGS)}.')
 
-  bridge = method in ('sbcfm', 'sf2m')
   if method in ('icfm', 'otcfm'):
     path = paths.LinearPath(sigma)
   elif bridge:

@@ -15,6 +15,7 @@ from typing import Callable
 import diffrax
 import jax
 import jax.numpy as jnp
+import lineax
 import optimistix as optx
 
 VectorField = Callable[[jax.Array, jax.Array], jax.Array]
@@ -118,32 +119,33 @@ def integrate_sde(drift: VectorField, x0: jax.Array, sigma: float,
   if num_steps < 1:
     raise ValueError(f'num_steps={num_steps} must be >= 1.')
   direction = 1.0 if t1 >= t0 else -1.0
-  brownian = diffrax.VirtualBrownianTree(
-      min(t0, t1), max(t0, t1), tol=abs(t1 - t0) / (4 * num_steps),
-      shape=(jax.ShapeDtypeStruct(x0.shape, x0.dtype),
-             jax.ShapeDtypeStruct((x0.shape[0],), x0.dtype)),
-      key=key)
+  n, size = x0.shape[0], x0.size
 
+  # One flat state [x (n * d), energy (n)], so that the noise is a diagonal
+  # linear operator: sigma on the x entries, 0 on the energy entries.
   def drift_with_energy(t, state, args):
     del args
-    x, _ = state
-    v = drift(t, x)
-    return v, direction * jnp.sum(v ** 2, axis=-1)
+    v = drift(t, state[:size].reshape(x0.shape))
+    return jnp.concatenate([v.reshape(-1),
+                            direction * jnp.sum(v ** 2, axis=-1)])
+
+  noise_scale = jnp.concatenate([jnp.full((size,), sigma, x0.dtype),
+                                 jnp.zeros((n,), x0.dtype)])
 
   def diffusion(t, state, args):
-    del t, args
-    x, energy = state
-    return (sigma * jnp.ones_like(x), jnp.zeros_like(energy))
+    del t, state, args
+    return lineax.DiagonalLinearOperator(noise_scale)
 
-  terms = diffrax.MultiTerm(
-      diffrax.ODETerm(drift_with_energy),
-      # Diagonal noise: the diffusion multiplies dW elementwise.
-      diffrax.WeaklyDiagonalControlTerm(diffusion, brownian))
+  brownian = diffrax.VirtualBrownianTree(
+      min(t0, t1), max(t0, t1), tol=abs(t1 - t0) / (4 * num_steps),
+      shape=jax.ShapeDtypeStruct((size + n,), x0.dtype), key=key)
+  terms = diffrax.MultiTerm(diffrax.ODETerm(drift_with_energy),
+                            diffrax.ControlTerm(diffusion, brownian))
   ts = jnp.linspace(t0, t1, num_saved)
   sol = diffrax.diffeqsolve(
       terms, diffrax.Euler(), t0=t0, t1=t1, dt0=(t1 - t0) / num_steps,
-      y0=(x0, jnp.zeros(x0.shape[0], x0.dtype)),
+      y0=jnp.concatenate([x0.reshape(-1), jnp.zeros((n,), x0.dtype)]),
       saveat=diffrax.SaveAt(ts=ts), max_steps=num_steps)
-  trajectory, energy = sol.ys
+  trajectory = sol.ys[:, :size].reshape((num_saved,) + x0.shape)
   return Solution(x=trajectory[-1], trajectory=trajectory, ts=ts,
-                  path_energy=energy[-1], nfe=sol.stats['num_steps'])
+                  path_energy=sol.ys[-1, size:], nfe=sol.stats['num_steps'])
