@@ -244,8 +244,16 @@ class _HostPrefetcher:
 
 
 def _host_workers() -> int:
-  """Workers for host batches: the cores, less one for the device's work."""
-  return max(1, min(4, (os.cpu_count() or 1) - 1))
+  """Workers for host batches: one per core this process may use, up to 4.
+
+  The device's step is short beside an exact assignment solve, so the cores
+  are better spent solving couplings for the next steps in parallel.
+  """
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    cores = os.cpu_count() or 1
+  return max(1, min(4, cores))
 
 
 def _to_json(value):
