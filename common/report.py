@@ -27,7 +27,7 @@ def fmt(value: Any, digits: int = 3) -> str:
   if isinstance(value, float):
     if math.isnan(value):
       return 'n/a'
-    return f'{value:.{digits}g}' if abs(value) < 1e4 else f'{value:,.0f}'
+    return f'{value:.{digits}g}' if abs(value) < 1e3 else f'{value:,.0f}'
   return str(value)
 
 
