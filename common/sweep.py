@@ -92,7 +92,7 @@ def _literal(text: str) -> Any:
     try:
       return cast(text)
     except ValueError:
-      pass
+      continue
   return {'True': True, 'False': False}.get(text, text)
 
 
