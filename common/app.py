@@ -72,10 +72,44 @@ def prepare(config, workdir: str):
   module.validate(config)
 
   os.makedirs(workdir, exist_ok=True)
+  recorded = config.to_json_best_effort(indent=2, sort_keys=True)
+  _check_same_run(workdir, recorded)
   if distributed.is_main_process():
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+      f.write(recorded)
   return module
+
+
+def _flatten(tree, prefix=''):
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f'{prefix}.{key}' if prefix else key))
+  return flat
+
+
+def _check_same_run(workdir: str, recorded: str) -> None:
+  """Refuses to resume a workdir that holds a run of another config.
+
+  Resuming loads the workdir's checkpoint; with other settings the result
+  would silently mix two runs.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    before = _flatten(json.load(f))
+  now = _flatten(json.loads(recorded))
+  changed = sorted(k for k in before.keys() | now.keys()
+                   if before.get(k) != now.get(k))
+  if changed:
+    shown = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}'
+                      for k in changed[:5])
+    raise config_lib.ConfigError(
+        f'workdir {workdir!r} holds a run with another config ({shown}); '
+        'resuming it would mix the two. Pass a new --workdir, or delete '
+        'that folder to start over.')
 
 
 def write_results(results: dict, workdir: str) -> str | None:
@@ -123,10 +157,27 @@ def main(argv):
     print(f'results written to {path}', flush=True)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with bad config paths and keys as one-line errors."""
+  try:
+    remaining = flags.FLAGS(argv)
+    # A config file that failed to load only raises when first read.
+    config = _CONFIG.value
+    if config is not None:
+      _ = 'line' in config
+    return remaining
+  except flags.Error as error:
+    sys.exit(f'Bad flag: {error}')
+  except (AttributeError, KeyError, OSError, TypeError, ValueError) as error:
+    sys.exit(f'Bad config: {type(error).__name__}: {error}. Check that the '
+             '--config path exists and that every --config.KEY override '
+             'names a key of that config file.')
+
+
 def run():
   """Parses flags and runs `main`; the body of every launcher."""
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -62,7 +62,9 @@ def require_float(config, key: str, *, minimum: float | None = None,
     too_big = value >= maximum if strict_maximum else value > maximum
     if too_big:
       sign = '<' if strict_maximum else '<='
-      _fail(key, value, f'must be {sign} {maximum}', maximum)
+      example = maximum - 0.1 * max(abs(maximum), 1.0) if strict_maximum \
+          else maximum
+      _fail(key, value, f'must be {sign} {maximum}', round(example, 6))
   return float(value)
 
 

@@ -119,9 +119,10 @@ def _ints(value, key: str) -> tuple:
     raise config_lib.ConfigError(
         f'config.{key}={value!r} must be comma-separated integers, e.g. '
         f'--config.{key}=16,64,256.') from error
-  if any(v < 1 for v in values):
-    raise config_lib.ConfigError(f'config.{key}={value!r} must list '
-                                 'integers >= 1.')
+  if not values or any(v < 1 for v in values):
+    raise config_lib.ConfigError(
+        f'config.{key}={value!r} must list one or more integers >= 1, e.g. '
+        f'--config.{key}=16,64,256.')
   return values
 
 

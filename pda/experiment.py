@@ -58,6 +58,11 @@ def validate(config) -> None:
   config_lib.require_int(config, 'max_grid_points', minimum=0)
   config_lib.require_int(config, 'num_workers', minimum=0)
   config_lib.require_int(config, 'model.bottleneck_dim', minimum=1)
+  widths = tuple(config.model.get('widths', ()))
+  if any(not isinstance(w, int) or w < 1 for w in widths):
+    raise config_lib.ConfigError(
+        f'config.model.widths={widths!r} must hold integers >= 1, e.g. '
+        "--config.model.widths='(64,)'.")
   config_lib.require_int(config, 'model.critic_steps', minimum=1)
   num_steps = config.train.num_steps
   if num_steps % config.train.log_every:

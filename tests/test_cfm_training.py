@@ -139,3 +139,19 @@ def test_launcher_tiny_run_writes_results(tmp_path):
   assert run.returncode == 0, run.stderr[-2000:]
   assert (tmp_path / 'results.json').exists()
   assert (tmp_path / 'metrics.jsonl').read_text().count('\n') == 2
+
+
+def test_launcher_refuses_a_workdir_of_another_config(tmp_path):
+  (tmp_path / 'config.json').write_text('{"line": "cfm", "method": "icfm"}')
+  run = _launch(f'--config={CONFIG_PATH}:tiny', f'--workdir={tmp_path}')
+  assert run.returncode != 0
+  assert 'holds a run with another config' in run.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_launcher_names_a_missing_config_file(tmp_path):
+  run = _launch('--config=experiments/cfm/configs/no_such_task.py',
+                f'--workdir={tmp_path}')
+  assert run.returncode != 0
+  assert 'no_such_task.py' in run.stderr
+  assert 'Traceback' not in run.stderr

@@ -14,7 +14,9 @@ from experiments.pda.configs import grid
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  config = grid.get_config('tiny' if variant == 'tiny' else '')
+  if variant not in ('', 'tiny'):
+    raise ValueError(f"Unknown config variant {variant!r}; use '' or 'tiny'.")
+  config = grid.get_config(variant)
   config.name = 'pda_single'
   config.mode = 'single'
   config.methods = 'mpot'
