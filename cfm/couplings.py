@@ -29,6 +29,8 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 import scipy.optimize
 
+from common import ot
+
 COUPLINGS = ('independent', 'exact', 'exact_resample', 'entropic',
              'unbalanced', 'partial')
 
@@ -109,24 +111,15 @@ def partial_plan(x0: jax.Array, x1: jax.Array, epsilon: float,
                  mass: float) -> jax.Array:
   """Entropic partial OT plan (n, m) transporting total mass `mass` <= 1.
 
-  ott-jax has no partial solver, so the problem is written as a balanced one
-  with a dummy point on each side (Chapel et al., 2020): the dummy source
-  absorbs 1 - mass of the target and the dummy target 1 - mass of the
-  source, at zero cost, while dummy-to-dummy transport is priced out. The
-  top-left (n, m) block of the extended plan is the partial plan.
+  Uniform weights on both minibatches; the solver is the dummy-point
+  formulation shared with pda (`common.ot.partial_plan`).
   """
   if not 0.0 < mass <= 1.0:
     raise ValueError(f'Partial OT mass must be in (0, 1], got {mass}.')
   n, m = x0.shape[0], x1.shape[0]
   cost = pointcloud.PointCloud(_flat(x0), _flat(x1)).cost_matrix
-  forbidden = 2.0 * jnp.max(cost) + 1.0
-  extended = jnp.zeros((n + 1, m + 1), cost.dtype)
-  extended = extended.at[:n, :m].set(cost).at[n, m].set(forbidden)
-  a = jnp.concatenate([jnp.full((n,), 1.0 / n), jnp.array([1.0 - mass])])
-  b = jnp.concatenate([jnp.full((m,), 1.0 / m), jnp.array([1.0 - mass])])
-  plan = _solve(geometry.Geometry(cost_matrix=extended, epsilon=epsilon),
-                a, b)
-  return plan[:n, :m]
+  return ot.partial_plan(cost, jnp.full((n,), 1.0 / n),
+                         jnp.full((m,), 1.0 / m), mass, epsilon)
 
 
 def sample_from_plan(key: jax.Array, plan: jax.Array,

@@ -51,6 +51,8 @@ from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
+from common import ot
+
 # Sinkhorn settings shared by both solvers: log-domain for float32 stability
 # at small epsilon, and an iteration cap so a jitted step has a fixed budget.
 SINKHORN_THRESHOLD = 1e-4
@@ -110,31 +112,13 @@ def unbalanced_plan(M: jax.Array, a: jax.Array, b: jax.Array, epsilon,
 
 def partial_plan(M: jax.Array, a: jax.Array, b: jax.Array, mass, epsilon,
                  max_iterations: int = SINKHORN_MAX_ITERATIONS) -> jax.Array:
-  """Entropic partial OT plan moving total mass `mass` (dummy-point form).
+  """Entropic partial OT plan moving total mass `mass`, (n, m).
 
-  Args:
-    M: cost, (n, m), non-negative.
-    a: source weights, (n,).
-    b: target weights, (m,).
-    mass: mass to move, 0 < mass <= min(sum a, sum b).
-    epsilon: entropy weight (absolute).
-    max_iterations: Sinkhorn iteration cap.
-
-  Returns:
-    The plan restricted to the real points, (n, m), of total mass `mass`.
+  `common.ot.partial_plan` (the dummy-point form, shared with cfm) at this
+  module's Sinkhorn settings.
   """
-  n, m = M.shape
-  big = jnp.max(M) + 30.0 * epsilon
-
-  # One dummy row and column: real <-> dummy is free, dummy <-> dummy is big.
-  M_ext = jnp.zeros((n + 1, m + 1), M.dtype).at[:n, :m].set(M)
-  M_ext = M_ext.at[n, m].set(big)
-  a_ext = jnp.concatenate([a, jnp.reshape(jnp.sum(b) - mass, (1,))])
-  b_ext = jnp.concatenate([b, jnp.reshape(jnp.sum(a) - mass, (1,))])
-
-  geom = geometry.Geometry(cost_matrix=M_ext, epsilon=epsilon)
-  problem = linear_problem.LinearProblem(geom, a=a_ext, b=b_ext)
-  return _solver(max_iterations)(problem).matrix[:n, :m]
+  return ot.partial_plan(M, a, b, mass, epsilon, threshold=SINKHORN_THRESHOLD,
+                         max_iterations=max_iterations)
 
 
 def jumbot_loss(M: jax.Array, *, epsilon, tau, eta_3) -> jax.Array:
