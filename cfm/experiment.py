@@ -69,17 +69,16 @@ def train_and_evaluate(config, workdir: str | None, *, quiet: bool = False,
                 num_saved=config.eval.num_saved)
   ode, solution = training.evaluate_flow(
       model, result.state.params, data, solver=config.eval.solver, **kwargs)
-  euler, _ = training.evaluate_flow(model, result.state.params, data,
-                                    solver='euler', **kwargs)
+  w2_euler = training.generated_w2(model, result.state.params, data,
+                                   solver='euler', **kwargs)
 
-  numbers = dict(ode.as_dict(), w2_euler=euler.w2,
+  numbers = dict(ode.as_dict(), w2_euler=w2_euler,
                  steps_per_s=result.steps_per_second,
                  num_steps=config.train.num_steps,
                  num_samples=config.eval.num_samples)
   if matcher.learn_score:
-    sde, _ = training.evaluate_flow(model, result.state.params, data,
-                                    sde_sigma=config.sigma, **kwargs)
-    numbers['w2_sde'] = sde.w2
+    numbers['w2_sde'] = training.generated_w2(
+        model, result.state.params, data, sde_sigma=config.sigma, **kwargs)
   if keep_solution:
     numbers['_solution'] = solution
     numbers['_history'] = result.series('loss')
