@@ -75,17 +75,20 @@ MODELS = ('mlp', 'cnn', 'resnet20')
 
 
 def make_model(name: str, num_classes: int, *, widths: Sequence[int] = (),
-               ) -> nn.Module:
+               conv: str = 'patches') -> nn.Module:
   """A classifier by name; `widths` overrides the layer / channel sizes.
 
   mlp: hidden widths (default (128, 128)); cnn: conv channels (default
-  (32, 64)); resnet20: the first stage's width (default 16).
+  (32, 64)) and `conv`, its convolution ('patches' vmaps into batched
+  matmuls, fast for populations on CPU; 'lax' is nn.Conv); resnet20: the
+  first stage's width (default 16).
   """
   widths = tuple(widths)
   if name == 'mlp':
     return common_models.MLP(num_classes, widths=widths or (128, 128))
   if name == 'cnn':
-    return common_models.CNN(num_classes, channels=widths or (32, 64))
+    return common_models.CNN(num_classes, channels=widths or (32, 64),
+                             conv=conv)
   if name == 'resnet20':
     return ResNet20(num_classes, width=widths[0] if widths else 16)
   raise ValueError(f'Unknown model {name!r}; choose one of {list(MODELS)} '
