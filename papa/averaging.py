@@ -130,6 +130,17 @@ def average_with_partners(tree: PyTree, partner: jax.Array) -> PyTree:
       tree)
 
 
+def mean_mixing(P: int) -> jax.Array:
+  """PAPA-all as a (P, P) mixing matrix: new member i = sum_j M_ij w_j."""
+  return jnp.full((P, P), 1.0 / P)
+
+
+def partner_mixing(partner: jax.Array) -> jax.Array:
+  """PAPA-2's averaging with `partner` as a (P, P) mixing matrix."""
+  P = partner.shape[0]
+  return (jnp.eye(P) + jax.nn.one_hot(partner, P)) / 2
+
+
 def average_random_pairs(tree: PyTree, key: jax.Array) -> PyTree:
   """PAPA-2 with a fresh random pairing drawn from `key`."""
   P = jax.tree.leaves(tree)[0].shape[0]

@@ -26,6 +26,7 @@ import optax
 from common import config as config_lib
 from common import data as data_lib
 from common import loop
+from common import models as common_models
 from common import report
 from papa import averaging
 from papa import models
@@ -49,7 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.validation_fraction = 0.1
   # MNIST-1D generator overrides (e.g. num_samples); empty for the others.
   config.data_args = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(name='mlp', widths=(0,)))
+  # conv: the CNN's convolution, 'patches' (batched matmuls, fast for a
+  # vmapped population on CPU) or 'lax' (nn.Conv).
+  config.model = ml_collections.ConfigDict(
+      dict(name='mlp', widths=(0,), conv='patches'))
   # size P per population; `seeds` populations train side by side; devices:
   # 0 picks the most devices that split seeds x P evenly.
   config.population = ml_collections.ConfigDict(
@@ -64,7 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
       a=0.99, every=10, lr_scaled=False,
       # T of PAPA-all and PAPA-2, in epochs; as in the paper's code, their
       # first averaging can come at the end of epoch 1.
-      every_epochs=5.0, first_after_epoch_1=True))
+      every_epochs=5.0, first_after_epoch_1=True,
+      # REPAIR after every PAPA-all / PAPA-2 averaging (papa/repair.py), as
+      # the paper's code does by default.
+      repair=True))
   config.regularisers = ml_collections.ConfigDict(
       {name: tuple(values)
        for name, values in regularisers.DEFAULT_GRID.items()})
@@ -118,6 +125,7 @@ def validate(config) -> None:
   config_lib.require_training(config)
   config_lib.require_choice(config, 'dataset', data_lib.ARRAY_DATASETS)
   config_lib.require_choice(config, 'model.name', models.MODELS)
+  config_lib.require_choice(config, 'model.conv', common_models.CONVS)
   if config.data_args.to_dict() and config.dataset != 'mnist1d':
     raise config_lib.ConfigError(
         f'config.data_args={config.data_args.to_dict()} are MNIST-1D '
@@ -157,6 +165,10 @@ def validate(config) -> None:
   if {'papa_all', 'papa_2'} & set(methods):
     config_lib.require_float(config, 'papa.every_epochs', minimum=0.0,
                              strict_minimum=True)
+    if not isinstance(config.papa.repair, bool):
+      raise config_lib.ConfigError(
+          f'config.papa.repair={config.papa.repair!r} must be True or False '
+          '(REPAIR after each PAPA-all / PAPA-2 averaging).')
 
 
 # ---------------------------------------------------------------------------
@@ -200,7 +212,7 @@ def build(config) -> Setup:
                        **config.data_args.to_dict())
   widths = tuple(w for w in config.model.widths if w > 0)
   model = models.make_model(config.model.name, data.num_classes,
-                            widths=widths)
+                            widths=widths, conv=config.model.conv)
 
   n, B = len(data.train), config.train.batch_size
   steps_per_epoch = data_lib.steps_per_epoch(n, B)
@@ -240,7 +252,8 @@ def method_schedule(setup: Setup, name: str) -> population_lib.Method:
   if name in ('papa_all', 'papa_2'):
     return population_lib.Method(
         name, every=max(1, round(papa.every_epochs * spe)),
-        first=spe if papa.first_after_epoch_1 else 0)
+        first=spe if papa.first_after_epoch_1 else 0,
+        repair=bool(papa.repair))
   return population_lib.Method(name)
 
 

@@ -7,7 +7,8 @@ averaged only within their own group. Each group has its own `Method`, so
 several seeds and several methods (independent, PAPA, PAPA-all, PAPA-2) can
 train side by side as one program, compiled once. After the update the step
 applies every group's averaging when it is due (`lax.cond` skips the steps
-where none is), so the whole run is `common.loop.train` over this one step.
+where none is), then REPAIR (`papa.repair`) for the PAPA-all / PAPA-2 groups
+that ask for it, so the whole run is `common.loop.train` over this one step.
 
 With a `Mesh`, every leaf with the population axis is placed with
 `NamedSharding(mesh, P('population'))`, so members spread over devices and
@@ -32,6 +33,7 @@ import optax
 from common import data as data_lib
 from common import loop
 from papa import averaging
+from papa import repair as repair_lib
 from papa import regularisers
 
 AXIS = 'population'
@@ -56,12 +58,15 @@ class Method:
       initialisations meet before they settle into different basins.
     a: PAPA's coefficient on the member's own weights, in [0, 1).
     lr_scaled: scale PAPA's pull (1 - a) by lr_t / lr_0.
+    repair: after each PAPA-all or PAPA-2 averaging, restore the hidden
+      units' statistics with REPAIR (`papa.repair`), as the paper does.
   """
   name: str = 'independent'
   every: int = 1
   first: int = 0
   a: float = 0.99
   lr_scaled: bool = False
+  repair: bool = False
 
   def __post_init__(self):
     if self.name not in METHODS:
@@ -80,6 +85,10 @@ class Method:
             'be a whole number >= 0.')
     if self.name == 'papa':
       averaging.check_pull(self.a)
+    if self.repair and self.name not in ('papa_all', 'papa_2'):
+      raise averaging.AveragingError(
+          f'repair applies to PAPA-all and PAPA-2 averagings, not to '
+          f'{self.name!r} (whose members stay close to their mean).')
 
   @property
   def start(self) -> int:
@@ -115,6 +124,8 @@ class Population:
     probes: `common.loop` probes run inside every member's gradient step
       (they observe only; the averaging is outside what they see). Their
       scalars come back per member, with the population axis.
+    repair_size: training examples (the first ones) on which REPAIR
+      measures unit statistics, for methods with `repair`.
   """
 
   def __init__(self, model: nn.Module, train: data_lib.Split,
@@ -123,7 +134,7 @@ class Population:
                learning_rate_fn: Callable, batch_size: int,
                hyper: dict, methods: Method | Sequence[Method] = Method(),
                mesh: jax.sharding.Mesh | None = None,
-               probes: Sequence[loop.Probe] = ()):
+               probes: Sequence[loop.Probe] = (), repair_size: int = 512):
     self.model, self.num_classes = model, num_classes
     self.probes = tuple(probes)
     self.member_seeds = np.asarray(member_seeds, np.int32)
@@ -132,6 +143,7 @@ class Population:
       methods = (methods,) * max(1, self.N // max(group_size, 1))
     self.methods = tuple(methods)
     self.averages = any(m.name != 'independent' for m in self.methods)
+    self.repairs = any(m.repair for m in self.methods)
     averaging.check_population_size(self.P,
                                     minimum=2 if self.averages else 1)
     if self.N != self.P * len(self.methods):
@@ -150,6 +162,10 @@ class Population:
                   for k, v in regularisers.prepare(hyper).items()}
     self.train_x = jnp.asarray(train.x)
     self.train_y = jnp.asarray(train.y)
+    if isinstance(repair_size, bool) or repair_size < 1:
+      raise ValueError(f'repair_size={repair_size!r} must be a positive '
+                       'number of examples.')
+    self.repair_x = self.train_x[:repair_size]
     data_lib.batch_indices(jax.random.PRNGKey(0), 0, len(train),
                            batch_size)  # Raises if the batch is too big.
 
@@ -269,6 +285,47 @@ class Population:
     return averaging.in_groups(one_group, (params, model_state), self.P,
                                branch, a, scale, keys)
 
+  def _repair_plan(self, step, key):
+    """(G,) which groups repair after the update of `step`, and (G, P, P)
+    each group's averaging as a mixing matrix (identity where none).
+
+    PAPA-2's pairing is drawn from the same per-group key as in `average`.
+    """
+    due = self._due(step + 1)
+    keys = jax.random.split(key, len(self.methods))
+    plans, mixings = [], []
+    for g, method in enumerate(self.methods):
+      plans.append(due[g] & method.repair)
+      if method.name == 'papa_2':
+        mixings.append(averaging.partner_mixing(
+            averaging.random_partners(keys[g], self.P)))
+      elif method.name == 'papa_all':
+        mixings.append(averaging.mean_mixing(self.P))
+      else:
+        mixings.append(jnp.eye(self.P))
+    return jnp.stack(plans), jnp.stack(mixings)
+
+  def repair(self, before, after, step, key):
+    """REPAIR of the groups whose PAPA-all / PAPA-2 averaging just ran.
+
+    Args:
+      before, after: (params, model_state) before and after the averaging,
+        leaves (N, ...).
+    Returns:
+      params, with the repaired groups' hidden units rescaled.
+    """
+    due, mixing = self._repair_plan(step, key)
+    grouped = lambda tree: jax.tree.map(
+        lambda w: w.reshape((len(self.methods), self.P) + w.shape[1:]), tree)
+    one_group = functools.partial(repair_lib.repair_population, self.model,
+                                  x=self.repair_x)
+    repaired = jax.vmap(one_group)(*grouped(before), *grouped(after), mixing)
+    params = jax.tree.map(
+        lambda new, old: jnp.where(
+            due.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+        repaired, grouped(after[0]))
+    return jax.tree.map(lambda w: w.reshape((self.N,) + w.shape[2:]), params)
+
   def step_fn(self, state: loop.TrainState, batch, key):
     """The population step: vmapped member steps, then the averaging."""
     keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(self.member_seeds)
@@ -280,9 +337,17 @@ class Population:
 
     # Averaging after the update, in the groups whose period has come.
     due = jnp.any(self._due(new.step))
+    averaging_key = jax.random.fold_in(key, 2**31 - 1)
     params, model_state = jax.lax.cond(
         due, lambda: self.average(new.params, new.model_state, state.step,
-                                  jax.random.fold_in(key, 2**31 - 1)),
+                                  averaging_key),
         lambda: (new.params, new.model_state))
+    if self.repairs:
+      repair_due = jnp.any(self._repair_plan(state.step, averaging_key)[0])
+      params = jax.lax.cond(
+          repair_due, lambda: self.repair(
+              (new.params, new.model_state), (params, model_state),
+              state.step, averaging_key),
+          lambda: params)
     return new.replace(params=self._constrain(params),
                        model_state=self._constrain(model_state)), metrics

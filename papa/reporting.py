@@ -128,8 +128,13 @@ def section_markdown(out: dict, headers, rows) -> str:
       f'{every_T.get("first", 0) / spe:.0f} and then every '
       f'{every_T.get("every", 0) / spe:.0f} epoch(s); the paper\'s code '
       'averages after epoch 1 and then every T = 5 epochs, which scored '
-      'lower on validation here (papa/README.md lists the settings tried). '
-      'The paper resets BatchNorm statistics (REPAIR) after averaging; the '
-      'MLP here has none.',
+      'lower on validation for PAPA-2 here (papa/README.md lists the '
+      'settings tried). '
+      + ('As in the paper, REPAIR rescales the hidden units after every '
+         'PAPA-all and PAPA-2 averaging to the mean statistics of the '
+         'members averaged (the MLP has no BatchNorm to reset).'
+         if every_T.get('repair') else
+         'REPAIR is off: the paper rescales the hidden units after every '
+         'PAPA-all and PAPA-2 averaging.'),
   ]
   return '\n'.join(text)
