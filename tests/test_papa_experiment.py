@@ -11,6 +11,7 @@ from experiments.papa.configs import cifar10
 from experiments.papa.configs import digits
 from experiments.papa.configs import mnist1d
 from papa import experiment
+from papa import reporting
 
 
 @pytest.mark.parametrize('module', [mnist1d, digits, cifar10])
@@ -67,3 +68,18 @@ def test_tiny_run_end_to_end(tmp_path):
   assert out['members'] == 4 * 3
   assert os.path.exists(tmp_path / 'accuracy_vs_step.png')
   assert os.path.exists(tmp_path / 'results.md')
+
+
+def test_findings_compare_with_independent_members_and_ensemble():
+  def summary(member, ensemble, soup, std=0.005):
+    return dict(member_mean=member, member_mean_std=std, ensemble=ensemble,
+                uniform_soup=soup, greedy_soup=soup)
+  lines = reporting.findings({
+      'independent': summary(0.686, 0.736, 0.098),
+      'papa_all': summary(0.716, 0.716, 0.716),
+      'papa_2': summary(0.690, 0.690, 0.690, std=0.015)})
+  assert lines[0].startswith('- PAPA-all raises mean member accuracy')
+  assert '(+3.0 points' in lines[0]
+  assert '71.6%, best soup) is 2.0 points below the ensemble' in lines[0]
+  assert 'PAPA-2 does not clearly raise' in lines[1]
+  assert 'collapses towards chance' in lines[2]
