@@ -104,6 +104,13 @@ def require_training(config) -> None:
                 strict_minimum=True)
   require_int(config, 'train.log_every', minimum=1)
   require_int(config, 'train.checkpoint_every', minimum=0)
+  every, chunk = config.train.checkpoint_every, config.train.log_every
+  if every % chunk:
+    # Checkpoints are written between fused chunks of log_every steps.
+    raise ConfigError(
+        f'config.train.checkpoint_every={every} must be 0 or a multiple of '
+        f'config.train.log_every={chunk}; set --config.train.'
+        f'checkpoint_every={max(chunk, every - every % chunk)}.')
 
 
 def training_defaults() -> ml_collections.ConfigDict:

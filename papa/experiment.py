@@ -97,6 +97,8 @@ def make_tiny(config) -> None:
   config.epochs = 0.0
   config.train.num_steps = 24
   config.train.log_every = 24
+  if config.train.checkpoint_every:
+    config.train.checkpoint_every = 24
   config.train.batch_size = 32
   config.eval_every = 24
   config.population.size = 3

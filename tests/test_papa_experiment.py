@@ -8,13 +8,14 @@ import pytest
 from common import app
 from common import config as config_lib
 from experiments.papa.configs import cifar10
+from experiments.papa.configs import cifar100
 from experiments.papa.configs import digits
 from experiments.papa.configs import mnist1d
 from papa import experiment
 from papa import reporting
 
 
-@pytest.mark.parametrize('module', [mnist1d, digits, cifar10])
+@pytest.mark.parametrize('module', [mnist1d, digits, cifar10, cifar100])
 def test_configs_validate(module):
   experiment.validate(module.get_config())
   experiment.validate(module.get_config('tiny'))
@@ -27,6 +28,8 @@ def test_configs_validate(module):
     ('population.size', 1, 'population.size'),
     ('methods', 'papa,papa3', 'methods'),
     ('model.name', 'vgg', 'model.name'),
+    ('model.conv', 'fft', 'model.conv'),
+    ('train.checkpoint_every', 25, 'checkpoint_every'),
 ])
 def test_bad_settings_name_their_key(key, value, match):
   config = mnist1d.get_config('tiny')
