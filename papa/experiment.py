@@ -264,27 +264,32 @@ def method_schedule(setup: Setup, name: str) -> population_lib.Method:
 
 
 def _eval_fn(setup: Setup, methods: tuple):
-  """Per method: mean member and mean uniform-soup test accuracy (curves).
+  """Per method: mean member, logit-ensemble and uniform-soup test accuracy
+  (the curves of the accuracy-versus-step plot).
 
   During training the soup keeps its members' averaged BatchNorm
   statistics; the final scores recompute them.
   """
   P, G = setup.P, setup.config.population.seeds
+  M = len(methods)
   x, y = jnp.asarray(setup.data.test.x), jnp.asarray(setup.data.test.y)
   apply = lambda p, s: setup.model.apply({'params': p, **s}, x, train=False)
   correct = lambda logits: jnp.mean(jnp.argmax(logits, -1) == y, axis=-1)
 
   @jax.jit
   def scores(params, model_state):
-    member = correct(jax.vmap(apply)(params, model_state))
+    logits = jax.vmap(apply)(params, model_state)  # (M * G * P, n, classes)
+    member = correct(logits).reshape(M, G * P).mean(axis=1)
+    grouped = logits.reshape((M, G, P) + logits.shape[1:])
+    ensemble = correct(grouped.mean(axis=2)).mean(axis=1)
     soup = averaging.in_groups(averaging.replace_with_mean,
                                (params, model_state), P)
     soup = correct(jax.vmap(apply)(*jax.tree.map(lambda w: w[::P], soup)))
-    member = member.reshape(len(methods), G * P).mean(axis=1)
-    soup = soup.reshape(len(methods), G).mean(axis=1)
+    soup = soup.reshape(M, G).mean(axis=1)
     out = {}
     for i, name in enumerate(methods):
       out[f'{name}/member_mean'] = member[i]
+      out[f'{name}/ensemble'] = ensemble[i]
       out[f'{name}/uniform_soup'] = soup[i]
     return out
 
@@ -368,7 +373,7 @@ def train_and_evaluate(config, workdir: str, quiet: bool = False) -> dict:
              for i, name in enumerate(methods)}
   curves = {name: [{'step': row['step'],
                     **{key: row[f'eval/{name}/{key}'] for key in
-                       ('member_mean', 'uniform_soup')}}
+                       ('member_mean', 'ensemble', 'uniform_soup')}}
                    for row in result.history
                    if f'eval/{name}/member_mean' in row]
             for name in methods}

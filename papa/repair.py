@@ -18,11 +18,12 @@ folded into the layer's kernel and bias, one layer after another (a layer's
 statistics depend on the layers below it being repaired already).
 
 Written here because no JAX library provides it. The units repaired are the
-outputs of every `nn.Dense` except the last (the logits), found with flax's
-`capture_intermediates`; that covers `common.models.MLP` and the
-`PatchConv` layers of `common.models.CNN`. Networks whose layers feed
-BatchNorm need none of this during training (their batch statistics
-renormalise every unit), so ResNet-20 has nothing to repair.
+outputs of every `nn.Dense` and `nn.Conv` with a bias except the last layer
+(the logits), found with flax's `capture_intermediates`: the layers of
+`common.models.MLP` and of `common.models.CNN` (either convolution). Layers
+without a bias are the ones that feed BatchNorm, whose batch statistics
+renormalise every unit during training, so they are left alone; ResNet-20
+has nothing to repair.
 """
 
 from typing import Any, Sequence
@@ -37,33 +38,35 @@ PyTree = Any
 EPSILON = 1e-5
 
 
-def _is_dense_call(module: nn.Module, method_name: str) -> bool:
-  return isinstance(module, nn.Dense) and method_name == '__call__'
+def _is_repairable_call(module: nn.Module, method_name: str) -> bool:
+  return (method_name == '__call__' and
+          isinstance(module, (nn.Dense, nn.Conv)) and module.use_bias)
 
 
-def _dense_outputs(tree: dict, prefix: tuple = ()) -> list:
-  """(path, output) of every captured Dense, in the order they ran."""
+def _layer_outputs(tree: dict, prefix: tuple = ()) -> list:
+  """(path, output) of every captured layer, in the order they ran."""
   found = []
   for name, value in tree.items():
     if name == '__call__':
       found.append((prefix, value[0]))
     else:
-      found.extend(_dense_outputs(value, prefix + (name,)))
+      found.extend(_layer_outputs(value, prefix + (name,)))
   return found
 
 
 def hidden_unit_statistics(model: nn.Module, params: PyTree,
                            model_state: PyTree, x: jax.Array) -> list:
-  """[(path, mean, sd)] of every hidden Dense layer's output units.
+  """[(path, mean, sd)] of every hidden layer's output units.
 
   The mean and sd are over every axis but the last (examples, and positions
   for a convolution), so each is of shape (units,); `path` locates the
   layer's {'kernel', 'bias'} in `params`.
   """
   _, captured = model.apply({'params': params, **model_state}, x,
-                            train=False, capture_intermediates=_is_dense_call,
+                            train=False,
+                            capture_intermediates=_is_repairable_call,
                             mutable=['intermediates'])
-  outputs = _dense_outputs(captured['intermediates'])[:-1]  # Not the logits.
+  outputs = _layer_outputs(captured['intermediates'])[:-1]  # Not the logits.
   stats = []
   for path, z in outputs:
     axes = tuple(range(z.ndim - 1))
@@ -93,12 +96,13 @@ def repair(model: nn.Module, params: PyTree, model_state: PyTree,
     model: the flax classifier.
     params, model_state: the averaged network's variables (no population
       axis).
-    targets: [(mean, sd)] per hidden Dense layer, in the order of
+    targets: [(mean, sd)] per hidden layer, in the order of
       `hidden_unit_statistics`, each of shape (units,).
     x: the inputs the statistics are measured on.
 
   Returns:
-    params with every hidden Dense kernel and bias rescaled.
+    params with every hidden layer's kernel (output axis last) and bias
+    rescaled.
   """
   for index, (target_mean, target_sd) in enumerate(targets):
     path, mean, sd = hidden_unit_statistics(model, params, model_state,

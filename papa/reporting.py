@@ -15,13 +15,16 @@ PLOT_NAME = 'accuracy_vs_step.png'
 
 
 def accuracy_vs_step(curves: dict, path: str) -> None:
-  """Mean member (solid) and uniform-soup (dashed) test accuracy by step.
+  """Test accuracy by step: each method's mean member (solid) and uniform
+  soup (dashed), and the ensemble of independent members (dotted), the
+  target an averaged model tries to reach.
 
   Args:
-    curves: {method: [{'step', 'member_mean', 'uniform_soup'}, ...]}.
+    curves: {method: [{'step', 'member_mean', 'ensemble', 'uniform_soup'},
+      ...]}.
     path: the PNG to write.
   """
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig, ax = plt.subplots(figsize=(7, 4.2))
   for i, (name, rows) in enumerate(curves.items()):
     steps = [r['step'] for r in rows]
     color = f'C{i}'
@@ -29,6 +32,9 @@ def accuracy_vs_step(curves: dict, path: str) -> None:
             color=color, label=f'{LABELS[name]} members')
     ax.plot(steps, [100 * r['uniform_soup'] for r in rows], '--',
             color=color, label=f'{LABELS[name]} uniform soup')
+    if name == 'independent' and 'ensemble' in rows[0]:
+      ax.plot(steps, [100 * r['ensemble'] for r in rows], ':', color=color,
+              linewidth=2, label='Independent ensemble')
   ax.set_xlabel('step')
   ax.set_ylabel('test accuracy (%)')
   ax.grid(alpha=0.3)

@@ -91,7 +91,7 @@ def test_members_sharing_a_seed_equal_copies_of_the_single_run():
 def test_sharded_over_four_devices_equals_unsharded():
   assert len(jax.devices()) >= 4, 'conftest should give 4 CPU devices'
   methods = [population.Method('papa', every=2, a=0.8),
-             population.Method('papa_2', every=3)]
+             population.Method('papa_2', every=3, repair=True)]
   seeds = list(range(8))
   mesh = population.make_mesh(4)
   sharded = _population(seeds, 4, methods, mesh=mesh)

@@ -9,6 +9,7 @@ import pytest
 from common import loop
 from common import models as common_models
 from papa import averaging
+from papa import models
 from papa import population
 from papa import regularisers
 from papa import repair
@@ -31,6 +32,8 @@ def _stats(model, params, x):
     (common_models.MLP(5, widths=(16, 12)), (64, 7)),
     (common_models.CNN(5, channels=(4, 6), hidden=8, conv='patches'),
      (32, 10, 1)),
+    (common_models.CNN(5, channels=(4, 6), hidden=8, conv='lax'),
+     (16, 8, 8, 2)),
 ])
 def test_repaired_average_has_the_mixed_member_statistics(model, shape):
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
@@ -56,6 +59,16 @@ def test_repaired_average_has_the_mixed_member_statistics(model, shape):
       # Not exact for units of tiny variance: like BatchNorm, the sd carries
       # an epsilon (0.2% off for a unit of sd 0.05).
       np.testing.assert_allclose(got_sd, mixing @ sd, rtol=5e-3)
+
+
+def test_resnet_has_nothing_to_repair():
+  # Its convolutions feed BatchNorm (no bias); its one Dense is the logits.
+  model = models.ResNet20(3, width=4)
+  x = jnp.ones((2, 8, 8, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  state = {k: v for k, v in variables.items() if k != 'params'}
+  assert repair.hidden_unit_statistics(model, variables['params'], state,
+                                       x) == []
 
 
 def test_repairing_identical_members_changes_nothing():
