@@ -30,6 +30,7 @@ import jax
 from ml_collections import config_flags
 
 from common import config as config_lib
+from common import data as data_lib
 from common import distributed
 from common import loop
 
@@ -151,6 +152,9 @@ def main(argv):
     sys.exit(EXIT_PREEMPTED)
   except loop.NonFiniteError as error:
     sys.exit(f'Stopped: {error}')
+  except data_lib.DataError as error:
+    # Missing or malformed data is the user's to fix; no traceback.
+    sys.exit(f'Data: {error}')
 
   path = write_results(results, workdir)
   if path:

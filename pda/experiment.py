@@ -127,6 +127,22 @@ def _task_kwargs(config, name: str) -> dict:
   return kwargs
 
 
+def _load_task(config, name: str) -> data.Task:
+  """The task, with a data error on a real benchmark naming the config keys
+  that point at its files."""
+  try:
+    return data.task(name, **_task_kwargs(config, name))
+  except data.DataError as error:
+    if name in ('digits', 'mnist1d'):
+      raise
+    raise data.DataError(
+        f'{error} (task {name!r} reads its domains from '
+        f'--config.data.features_dir={config.data.features_dir!r} (a .npz '
+        'of backbone features per domain) or --config.data.root='
+        f'{config.data.root!r}; pick the pair with --config.data.source / '
+        '--config.data.target.)') from error
+
+
 def points_for(config, name: str) -> list[dict]:
   m = methods.method(name)
   grid = m.grid if config.grid == 'full' else REDUCED_GRID[name]
@@ -138,7 +154,7 @@ def points_for(config, name: str) -> list[dict]:
 def train_and_evaluate(config, workdir: str) -> dict:
   names = config_lib.require_choices(config, 'methods', methods.METHODS)
   task_names = config_lib.require_choices(config, 'tasks', data.TASKS)
-  tasks = [data.task(t, **_task_kwargs(config, t)) for t in task_names]
+  tasks = [_load_task(config, t) for t in task_names]
 
   every = config.train.checkpoint_every
   if config.mode == 'single':

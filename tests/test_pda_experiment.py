@@ -83,3 +83,12 @@ def test_main_section_tiny(tmp_path):
     assert set(by_selection) == set(selection.SELECTIONS)
     assert all(0.0 <= v <= 1.0 for v in by_selection.values())
   assert (tmp_path / 'table.csv').exists() and 'oracle' in section.markdown
+
+
+def test_missing_benchmark_features_name_the_config_keys(tmp_path):
+  config = grid_config.get_config('tiny')
+  config.tasks = 'office_home'
+  config.data.features_dir = str(tmp_path)
+  with pytest.raises(experiment.data.DataError,
+                     match=r'Art\.npz.*--config\.data\.features_dir='):
+    experiment.train_and_evaluate(config, str(tmp_path / 'run'))
