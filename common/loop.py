@@ -286,6 +286,7 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
           eval_fn: Callable[[Any, int], Mapping] | None = None,
           eval_every: int = 0, keep_step_metrics: Iterable[str] = (),
           name: str = 'train', quiet: bool = False,
+          console_evals: Iterable[str] | None = None,
           compiler_options: Mapping[str, Any] | None = None,
           mesh: jax.sharding.Mesh | None = None,
           shard_population: bool = False) -> TrainResult:
@@ -310,6 +311,8 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
       steps; written to steps.jsonl and returned in
       `TrainResult.step_metrics` (the geometry probes use this).
     name: label of the console lines.
+    console_evals: the eval_fn keys shown on the console lines (all of them
+      are written to metrics.jsonl); None shows every key.
     quiet: no console lines.
     compiler_options: XLA options of the jitted chunk, e.g.
       {'xla_backend_optimization_level': 0} where compile time dominates.
@@ -446,7 +449,8 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
               kept[k].append(np.asarray(metrics[k]))
         if not quiet:
           _print_progress(name, row, step, num_steps, measured_steps,
-                          measured_seconds)
+                          measured_seconds,
+                          console_evals)
 
         # Every process stops at the same chunk, whichever got the signal.
         stop = distributed.any_process(preemption.raised is not None)
@@ -551,13 +555,16 @@ def _write_step_metrics(f, metrics: Metrics, keys: Sequence[str],
 
 
 def _print_progress(name, row, step, num_steps, measured_steps,
-                    measured_seconds):
+                    measured_seconds, console_evals=None):
   rate = (measured_steps / measured_seconds if measured_seconds
           else row['steps_per_s'])
   eta = (num_steps - step) / rate if rate > 0 else float('nan')
   loss = np.mean(row['loss']) if 'loss' in row else float('nan')
-  evals = ' '.join(f'{k}={np.mean(v):.4g}' for k, v in row.items()
-                   if k.startswith('eval/'))
+  shown = (None if console_evals is None else
+           {f'eval/{k}' for k in console_evals})
+  evals = ' '.join(f'{k[len("eval/"):]}={np.mean(v):.4g}'
+                   for k, v in row.items()
+                   if k.startswith('eval/') and (shown is None or k in shown))
   print(f'[{name}] step {step}/{num_steps} ({100 * step / num_steps:3.0f}%) '
         f'loss {loss:.4g} | {rate:,.0f} steps/s | ETA '
         f'{_format_duration(eta)} {evals}'.rstrip(), flush=True)

@@ -325,7 +325,8 @@ def run_methods(setup: Setup, methods: tuple, workdir: str | None,
       log_every=config.train.log_every,
       checkpoint_every=config.train.checkpoint_every,
       eval_fn=_eval_fn(setup, methods), eval_every=config.eval_every,
-      name='papa', quiet=quiet)
+      name='papa', quiet=quiet,
+      console_evals=[f'{name}/member_mean' for name in methods])
   return result, time.perf_counter() - tick
 
 

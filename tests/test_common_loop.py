@@ -45,6 +45,22 @@ def test_training_converges_and_logs_every_chunk(tmp_path):
     assert all(np.isfinite(row[key]) for row in rows), key
 
 
+def test_console_shows_the_chosen_evals_and_the_file_keeps_all(
+    tmp_path, capsys):
+  state, step_fn, batch_fn = _quadratic_problem()
+  eval_fn = lambda state, step: {'shown': 1.5, 'hidden': 2.5}
+  loop.train(state, step_fn, num_steps=20, seed=0, workdir=str(tmp_path),
+             batch_fn=batch_fn, log_every=10, eval_fn=eval_fn,
+             eval_every=10, console_evals=['shown'], name='quad')
+  lines = [l for l in capsys.readouterr().out.splitlines()
+           if l.startswith('[quad] step')]
+  assert len(lines) == 2
+  assert all('shown=1.5' in l and 'hidden' not in l for l in lines)
+  rows = [json.loads(line) for line in
+          (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert rows[-1]['eval/hidden'] == 2.5
+
+
 def test_chunk_length_does_not_change_the_result():
   state, step_fn, batch_fn = _quadratic_problem()
   runs = [loop.train(state, step_fn, num_steps=60, seed=1, workdir=None,
