@@ -99,9 +99,11 @@ class PatchConv(nn.Module):
   Written by hand because of how it vmaps: a population of `nn.Conv`s (one
   kernel per member) lowers to a grouped convolution, which XLA:CPU runs
   1.3-1.8x slower than the batched matmul this module becomes (5 to 15 1-D
-  CNNs on MNIST-1D batches; `benchmarks/papa_bench.py`). The kernel has nn.Conv's initialisation (LeCun normal over
-  prod(kernel) x channels inputs); it costs prod(kernel) times the input's
-  activation memory, which small population models can afford.
+  CNNs on MNIST-1D batches; `benchmarks/papa_bench.py`).
+
+  The kernel has nn.Conv's initialisation (LeCun normal over prod(kernel) x
+  channels inputs); it costs prod(kernel) times the input's activation
+  memory, which small population models can afford.
   """
   features: int
   kernel_size: Sequence[int]
