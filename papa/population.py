@@ -285,17 +285,18 @@ class Population:
     return averaging.in_groups(one_group, (params, model_state), self.P,
                                branch, a, scale, keys)
 
-  def _repair_plan(self, step, key):
-    """(G,) which groups repair after the update of `step`, and (G, P, P)
-    each group's averaging as a mixing matrix (identity where none).
+  def _repairs_due(self, step):
+    """(G,) which groups repair after the update of `step`."""
+    repairs = jnp.asarray([m.repair for m in self.methods])
+    return self._due(step + 1) & repairs
 
-    PAPA-2's pairing is drawn from the same per-group key as in `average`.
-    """
-    due = self._due(step + 1)
+  def _mixings(self, key):
+    """(G, P, P) each group's averaging as a mixing matrix (identity for
+    the methods REPAIR does not follow); PAPA-2's pairing is drawn from the
+    same per-group key as in `average`."""
     keys = jax.random.split(key, len(self.methods))
-    plans, mixings = [], []
+    mixings = []
     for g, method in enumerate(self.methods):
-      plans.append(due[g] & method.repair)
       if method.name == 'papa_2':
         mixings.append(averaging.partner_mixing(
             averaging.random_partners(keys[g], self.P)))
@@ -303,7 +304,7 @@ class Population:
         mixings.append(averaging.mean_mixing(self.P))
       else:
         mixings.append(jnp.eye(self.P))
-    return jnp.stack(plans), jnp.stack(mixings)
+    return jnp.stack(mixings)
 
   def repair(self, before, after, step, key):
     """REPAIR of the groups whose PAPA-all / PAPA-2 averaging just ran.
@@ -314,7 +315,7 @@ class Population:
     Returns:
       params, with the repaired groups' hidden units rescaled.
     """
-    due, mixing = self._repair_plan(step, key)
+    due, mixing = self._repairs_due(step), self._mixings(key)
     grouped = lambda tree: jax.tree.map(
         lambda w: w.reshape((len(self.methods), self.P) + w.shape[1:]), tree)
     one_group = functools.partial(repair_lib.repair_population, self.model,
@@ -343,9 +344,8 @@ class Population:
                                   averaging_key),
         lambda: (new.params, new.model_state))
     if self.repairs:
-      repair_due = jnp.any(self._repair_plan(state.step, averaging_key)[0])
       params = jax.lax.cond(
-          repair_due, lambda: self.repair(
+          jnp.any(self._repairs_due(state.step)), lambda: self.repair(
               (new.params, new.model_state), (params, model_state),
               state.step, averaging_key),
           lambda: params)
