@@ -70,12 +70,6 @@ def validate(config) -> None:
         f'config.train.num_steps={num_steps} must be a multiple of '
         f'config.train.log_every={config.train.log_every} (the checkpoint '
         'interval); set --config.train.log_every to a divisor.')
-  every = config.train.checkpoint_every
-  if every % config.train.log_every:
-    raise config_lib.ConfigError(
-        f'config.train.checkpoint_every={every} must be a multiple of '
-        f'config.train.log_every={config.train.log_every} (0 saves at the '
-        'end only).')
   if mode == 'single':
     if len(names) != 1:
       raise config_lib.ConfigError(

@@ -121,22 +121,25 @@ def partial_plan(M: jax.Array, a: jax.Array, b: jax.Array, mass, epsilon,
                          max_iterations=max_iterations)
 
 
-def jumbot_loss(M: jax.Array, *, epsilon, tau, eta_3) -> jax.Array:
-  """eta_3 <pi, M> with pi the unbalanced plan of stop_gradient(M)."""
+def _plan_loss(M: jax.Array, plan_fn, eta_3) -> jax.Array:
+  """eta_3 <pi, M>, pi = plan_fn(stop_gradient(M), a, b) with uniform
+  marginals; the plan is a constant of the gradient, as in both papers."""
   n, m = M.shape
   a, b = jnp.full((n,), 1.0 / n), jnp.full((m,), 1.0 / m)
-  pi = unbalanced_plan(jax.lax.stop_gradient(M), a, b, epsilon, tau)
-  pi = jax.lax.stop_gradient(pi)
+  pi = jax.lax.stop_gradient(plan_fn(jax.lax.stop_gradient(M), a, b))
   return eta_3 * jnp.sum(pi * M)
+
+
+def jumbot_loss(M: jax.Array, *, epsilon, tau, eta_3) -> jax.Array:
+  """eta_3 <pi, M> with pi the unbalanced plan of stop_gradient(M)."""
+  return _plan_loss(
+      M, lambda M, a, b: unbalanced_plan(M, a, b, epsilon, tau), eta_3)
 
 
 def mpot_loss(M: jax.Array, *, epsilon, mass, eta_3) -> jax.Array:
   """eta_3 <pi, M> with pi the partial plan of stop_gradient(M)."""
-  n, m = M.shape
-  a, b = jnp.full((n,), 1.0 / n), jnp.full((m,), 1.0 / m)
-  pi = partial_plan(jax.lax.stop_gradient(M), a, b, mass, epsilon)
-  pi = jax.lax.stop_gradient(pi)
-  return eta_3 * jnp.sum(pi * M)
+  return _plan_loss(
+      M, lambda M, a, b: partial_plan(M, a, b, mass, epsilon), eta_3)
 
 
 def mpot_mass(step, num_steps: int, mass):
