@@ -449,8 +449,7 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
               kept[k].append(np.asarray(metrics[k]))
         if not quiet:
           _print_progress(name, row, step, num_steps, measured_steps,
-                          measured_seconds,
-                          console_evals)
+                          measured_seconds, console_evals)
 
         # Every process stops at the same chunk, whichever got the signal.
         stop = distributed.any_process(preemption.raised is not None)

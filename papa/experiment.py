@@ -167,10 +167,6 @@ def validate(config) -> None:
   if {'papa_all', 'papa_2'} & set(methods):
     config_lib.require_float(config, 'papa.every_epochs', minimum=0.0,
                              strict_minimum=True)
-    if not isinstance(config.papa.repair, bool):
-      raise config_lib.ConfigError(
-          f'config.papa.repair={config.papa.repair!r} must be True or False '
-          '(REPAIR after each PAPA-all / PAPA-2 averaging).')
 
 
 # ---------------------------------------------------------------------------

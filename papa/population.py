@@ -285,29 +285,28 @@ class Population:
     return averaging.in_groups(one_group, (params, model_state), self.P,
                                branch, a, scale, keys)
 
+  @property
+  def _repairing_groups(self) -> list[int]:
+    """Indices of the groups whose method asks for REPAIR (static)."""
+    return [g for g, m in enumerate(self.methods) if m.repair]
+
   def _repairs_due(self, step):
     """(G,) which groups repair after the update of `step`."""
     repairs = jnp.asarray([m.repair for m in self.methods])
     return self._due(step + 1) & repairs
 
-  def _mixings(self, key):
-    """(G, P, P) each group's averaging as a mixing matrix (identity for
-    the methods REPAIR does not follow); PAPA-2's pairing is drawn from the
-    same per-group key as in `average`."""
-    keys = jax.random.split(key, len(self.methods))
-    mixings = []
-    for g, method in enumerate(self.methods):
-      if method.name == 'papa_2':
-        mixings.append(averaging.partner_mixing(
-            averaging.random_partners(keys[g], self.P)))
-      elif method.name == 'papa_all':
-        mixings.append(averaging.mean_mixing(self.P))
-      else:
-        mixings.append(jnp.eye(self.P))
-    return jnp.stack(mixings)
+  def _mixing(self, method: Method, key):
+    """(P, P) the averaging of a PAPA-all / PAPA-2 group as a mixing
+    matrix; PAPA-2's pairing comes from the group's key in `average`."""
+    if method.name == 'papa_2':
+      return averaging.partner_mixing(averaging.random_partners(key, self.P))
+    return averaging.mean_mixing(self.P)
 
   def repair(self, before, after, step, key):
     """REPAIR of the groups whose PAPA-all / PAPA-2 averaging just ran.
+
+    Only the groups that ask for REPAIR are computed (a static subset);
+    among them, those not due this step keep their weights.
 
     Args:
       before, after: (params, model_state) before and after the averaging,
@@ -315,16 +314,25 @@ class Population:
     Returns:
       params, with the repaired groups' hidden units rescaled.
     """
-    due, mixing = self._repairs_due(step), self._mixings(key)
+    groups = self._repairing_groups
+    keys = jax.random.split(key, len(self.methods))
+    mixing = jnp.stack([self._mixing(self.methods[g], keys[g])
+                        for g in groups])
+    due = self._repairs_due(step)[jnp.asarray(groups)]
     grouped = lambda tree: jax.tree.map(
         lambda w: w.reshape((len(self.methods), self.P) + w.shape[1:]), tree)
+    chosen = lambda tree: jax.tree.map(lambda w: w[jnp.asarray(groups)],
+                                       grouped(tree))
     one_group = functools.partial(repair_lib.repair_population, self.model,
                                   x=self.repair_x)
-    repaired = jax.vmap(one_group)(*grouped(before), *grouped(after), mixing)
-    params = jax.tree.map(
-        lambda new, old: jnp.where(
-            due.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-        repaired, grouped(after[0]))
+    repaired = jax.vmap(one_group)(*chosen(before), *chosen(after), mixing)
+
+    def put_back(w, new):
+      old = w[jnp.asarray(groups)]
+      new = jnp.where(due.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+      return w.at[jnp.asarray(groups)].set(new)
+
+    params = jax.tree.map(put_back, grouped(after[0]), repaired)
     return jax.tree.map(lambda w: w.reshape((self.N,) + w.shape[2:]), params)
 
   def step_fn(self, state: loop.TrainState, batch, key):

@@ -29,6 +29,7 @@ has nothing to repair.
 from typing import Any, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -76,18 +77,6 @@ def hidden_unit_statistics(model: nn.Module, params: PyTree,
   return stats
 
 
-def _get(tree: dict, path: Sequence[str]) -> dict:
-  for name in path:
-    tree = tree[name]
-  return tree
-
-
-def _replace(tree: dict, path: Sequence[str], value: dict) -> dict:
-  if not path:
-    return value
-  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
-
-
 def repair(model: nn.Module, params: PyTree, model_state: PyTree,
            targets: Sequence[tuple], x: jax.Array) -> PyTree:
   """One averaged network with its hidden units restored to `targets`.
@@ -107,11 +96,12 @@ def repair(model: nn.Module, params: PyTree, model_state: PyTree,
   for index, (target_mean, target_sd) in enumerate(targets):
     path, mean, sd = hidden_unit_statistics(model, params, model_state,
                                             x)[index]
-    layer = _get(params, path)
+    flat = traverse_util.flatten_dict(params)
+    kernel, bias = flat[path + ('kernel',)], flat[path + ('bias',)]
     scale = target_sd / sd  # (units,)
-    params = _replace(params, path, {
-        'kernel': layer['kernel'] * scale,
-        'bias': (layer['bias'] - mean) * scale + target_mean})
+    flat[path + ('kernel',)] = kernel * scale
+    flat[path + ('bias',)] = (bias - mean) * scale + target_mean
+    params = traverse_util.unflatten_dict(flat)
   return params
 
 
