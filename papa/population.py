@@ -315,22 +315,22 @@ class Population:
       params, with the repaired groups' hidden units rescaled.
     """
     groups = self._repairing_groups
+    index = jnp.asarray(groups)
     keys = jax.random.split(key, len(self.methods))
     mixing = jnp.stack([self._mixing(self.methods[g], keys[g])
                         for g in groups])
-    due = self._repairs_due(step)[jnp.asarray(groups)]
+    due = self._repairs_due(step)[index]
     grouped = lambda tree: jax.tree.map(
         lambda w: w.reshape((len(self.methods), self.P) + w.shape[1:]), tree)
-    chosen = lambda tree: jax.tree.map(lambda w: w[jnp.asarray(groups)],
-                                       grouped(tree))
+    chosen = lambda tree: jax.tree.map(lambda w: w[index], grouped(tree))
     one_group = functools.partial(repair_lib.repair_population, self.model,
                                   x=self.repair_x)
     repaired = jax.vmap(one_group)(*chosen(before), *chosen(after), mixing)
 
     def put_back(w, new):
-      old = w[jnp.asarray(groups)]
-      new = jnp.where(due.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-      return w.at[jnp.asarray(groups)].set(new)
+      new = jnp.where(due.reshape((-1,) + (1,) * (new.ndim - 1)), new,
+                      w[index])
+      return w.at[index].set(new)
 
     params = jax.tree.map(put_back, grouped(after[0]), repaired)
     return jax.tree.map(lambda w: w.reshape((self.N,) + w.shape[2:]), params)
