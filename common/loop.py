@@ -164,7 +164,8 @@ def gradient_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
 class TrainResult:
   """The final state and what was logged, one dict per logged step.
 
-  `step_metrics` holds the `keep_step_metrics` of every step this call ran:
+  `history` covers the whole run, resumed or not: after a resume it starts
+  with the rows the earlier run wrote to metrics.jsonl. `step_metrics` holds the `keep_step_metrics` of every step this call ran:
   name -> array (steps, ...), with 'step' the index of each row.
   """
   state: Any
@@ -277,6 +278,13 @@ def _truncate_jsonl(path: str, last_step: int) -> None:
             if line.strip() and json.loads(line).get('step', 0) <= last_step]
   with open(path, 'w') as f:
     f.writelines(kept)
+
+
+def _read_jsonl(path: str | None) -> list[dict]:
+  if not path or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
@@ -396,7 +404,10 @@ def train(state: Any, step_fn: StepFn, *, num_steps: int, seed: int,
     prefetcher = _HostPrefetcher(host_batch_fn, start, num_steps,
                                  depth=log_every, workers=_host_workers())
 
-  history: list[dict] = []
+  # A resumed run's history starts with what the interrupted run logged, so
+  # curves drawn from it cover the whole run (all of it, when a finished run
+  # is launched again).
+  history = _read_jsonl(metrics_path) if resumed_from is not None else []
   metrics_file = open(metrics_path, 'a') if metrics_path and writer else None
   steps_file = (open(steps_path, 'a')
                 if steps_path and keep_step_metrics and writer else None)

@@ -32,7 +32,7 @@ def accuracy_vs_step(curves: dict, path: str) -> None:
             color=color, label=f'{LABELS[name]} members')
     ax.plot(steps, [100 * r['uniform_soup'] for r in rows], '--',
             color=color, label=f'{LABELS[name]} uniform soup')
-    if name == 'independent' and 'ensemble' in rows[0]:
+    if name == 'independent' and rows and 'ensemble' in rows[0]:
       ax.plot(steps, [100 * r['ensemble'] for r in rows], ':', color=color,
               linewidth=2, label='Independent ensemble')
   ax.set_xlabel('step')

@@ -61,6 +61,19 @@ def test_console_shows_the_chosen_evals_and_the_file_keeps_all(
   assert rows[-1]['eval/hidden'] == 2.5
 
 
+def test_resumed_history_covers_the_whole_run(tmp_path):
+  state, step_fn, batch_fn = _quadratic_problem()
+  run = lambda steps: loop.train(
+      state, step_fn, num_steps=steps, seed=0, workdir=str(tmp_path),
+      batch_fn=batch_fn, log_every=10, checkpoint_every=10, quiet=True)
+  run(20)
+  resumed = run(30)
+  assert resumed.resumed_from == 20
+  assert [row['step'] for row in resumed.history] == [10, 20, 30]
+  finished = run(30)  # Nothing left to train.
+  assert [row['step'] for row in finished.history] == [10, 20, 30]
+
+
 def test_chunk_length_does_not_change_the_result():
   state, step_fn, batch_fn = _quadratic_problem()
   runs = [loop.train(state, step_fn, num_steps=60, seed=1, workdir=None,

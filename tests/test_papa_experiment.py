@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import pytest
 
 from common import app
@@ -40,6 +41,23 @@ def test_bad_settings_name_their_key(key, value, match):
     experiment.validate(config)
 
 
+def test_devices_that_cannot_split_the_members_name_the_key():
+  config = mnist1d.get_config('tiny')  # 4 methods x 2 seeds x 3 = 24.
+  config.population.num_devices = 99
+  with pytest.raises(config_lib.ConfigError, match='exceeds'):
+    experiment.validate(config)
+  config.population.num_devices = 1
+  experiment.validate(config)
+  assert len(jax.devices()) >= 4, 'conftest should give 4 CPU devices'
+  config.population.size = 5  # 40 members: 4 splits them, 3 does not.
+  config.population.num_devices = 4
+  experiment.validate(config)
+  config.population.num_devices = 3
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'population.num_devices=3 does not split'):
+    experiment.validate(config)
+
+
 def test_independent_alone_allows_one_member():
   config = mnist1d.get_config('tiny')
   config.methods = 'independent'
@@ -71,6 +89,18 @@ def test_tiny_run_end_to_end(tmp_path):
   assert out['members'] == 4 * 3
   assert os.path.exists(tmp_path / 'accuracy_vs_step.png')
   assert os.path.exists(tmp_path / 'results.md')
+
+
+def test_launching_a_finished_run_again_reports_the_same(tmp_path):
+  config = digits.get_config('tiny')
+  config.population.seeds = 1
+  config.methods = 'independent,papa_all'
+  app.prepare(config, str(tmp_path))
+  first = experiment.train_and_evaluate(config, str(tmp_path), quiet=True)
+  again = experiment.train_and_evaluate(config, str(tmp_path), quiet=True)
+  assert again['results']['papa_all']['member_mean'] == (
+      first['results']['papa_all']['member_mean'])
+  assert again['curves'] == first['curves'] and first['curves']['papa_all']
 
 
 def test_findings_compare_with_independent_members_and_ensemble():
