@@ -141,10 +141,25 @@ def validate(config) -> None:
   config_lib.require_int(config, 'eval_every', minimum=0)
   config_lib.require_int(config, 'population.seeds', minimum=1)
   config_lib.require_int(config, 'population.num_devices', minimum=0)
+  if config.population.num_devices > len(jax.devices()):
+    raise config_lib.ConfigError(
+        f'config.population.num_devices={config.population.num_devices} '
+        f'exceeds the {len(jax.devices())} device(s) here; set '
+        '--config.population.num_devices=0 to use them all.')
   methods = _methods(config)
   averaged = any(m != 'independent' for m in methods)
   config_lib.require_int(config, 'population.size',
                          minimum=2 if averaged else 1)
+  members = len(methods) * config.population.seeds * config.population.size
+  devices = config.population.num_devices
+  if devices and members % devices:
+    divisors = [d for d in range(1, len(jax.devices()) + 1)
+                if members % d == 0]
+    raise config_lib.ConfigError(
+        f'config.population.num_devices={devices} does not split the '
+        f'{members} members (methods x seeds x P) evenly; set '
+        f'--config.population.num_devices to one of {divisors} (0 picks the '
+        'largest), or change population.size / seeds.')
   if any(w < 0 for w in config.model.widths):
     raise config_lib.ConfigError(
         f'config.model.widths={config.model.widths} must be positive sizes '

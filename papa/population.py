@@ -154,8 +154,8 @@ class Population:
       raise ValueError(
           f'A population of {self.N} members cannot be split evenly over '
           f'{mesh.size} devices; make the number of members (seeds x P) a '
-          f'multiple of {mesh.size} or set config.num_devices to a divisor '
-          f'of {self.N}.')
+          f'multiple of {mesh.size} or set config.population.num_devices to '
+          f'a divisor of {self.N}.')
     self.optimizer, self.learning_rate_fn = optimizer, learning_rate_fn
     self.batch_size, self.mesh = batch_size, mesh
     self.hyper = {k: jnp.asarray(v, jnp.float32)
