@@ -165,7 +165,8 @@ class TrainResult:
   """The final state and what was logged, one dict per logged step.
 
   `history` covers the whole run, resumed or not: after a resume it starts
-  with the rows the earlier run wrote to metrics.jsonl. `step_metrics` holds the `keep_step_metrics` of every step this call ran:
+  with the rows the earlier run wrote to metrics.jsonl. `step_metrics`
+  holds the `keep_step_metrics` of every step this call ran:
   name -> array (steps, ...), with 'step' the index of each row.
   """
   state: Any
